@@ -1,0 +1,244 @@
+"""BiGym adapter: a batch of evaluation environments that speaks the policy's language.
+
+observations -> {"state": (E, S) float32, "images": (E, N, 3, H, W) uint8 (only when cameras are set)}
+actions      <- (E, A) float32 numpy
+
+BiGym (github chernyadev/bigym, 4.1.0) simulates the Unitree H1 in MuJoCo. Defaults follow the BiGym paper:
+JointPositionActionMode(floating_base=True, absolute=True) -> A = 15
+    [pelvis x, y, rz (always deltas), 10 arm joint targets, 2 grippers],
+cameras head / left_wrist / right_wrist. The E environments are E independent MuJoCo simulations stepped in
+a loop in this process (CPU; MuJoCo stepping is cheap, rendering dominates).
+
+State vector (S = 66 for H1 with a floating base), concatenated in this fixed order (STATE_KEYS):
+    proprioception (58: 29 joint positions, 29 joint velocities), proprioception_grippers (2),
+    proprioception_floating_base (3), proprioception_floating_base_actions (3).
+The same functions build demo observations (datasets/bigym_demos.py), so training and evaluation agree.
+
+Observation after reset, checked on BiGym 4.1.0 / MuJoCo 3.1.5 (DishwasherClose): env.reset() returns the
+real post-reset observation, not a placeholder. The proprioception IS almost all zeros, legitimately:
+H1 resets to the all-zero joint configuration at rest, so only the floating-base y (-0.8) is non-zero;
+one hold-still step later joints and velocities move (gravity). A test like "all zeros -> invalid" would
+therefore misfire. What does differ: the FIRST frame a fresh MuJoCo renderer draws differs from every later
+render of the same state by up to 3 intensity levels. To make the reset observation independent of such
+details (and of BiGym versions that build it before the reset pose is applied), `reset` recomputes
+kinematics (mj_forward, no physics step) and re-reads the observation; that re-read equals the returned
+proprioception exactly and gives the stable image.
+
+Fast rendering (`fast_rendering=True`): shadows, reflections and multi-sample anti-aliasing are turned off
+on the observation renderers. About 7x faster on a CPU (software OpenGL) but the images differ, so demos
+must be re-rendered with the same switch as evaluation; datasets/bigym_demos.py uses make_bigym_env here.
+
+MUJOCO_GL defaults to "egl" (headless) unless the user set it; it must be set before mujoco is imported.
+"""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import difflib  # noqa: E402
+import importlib  # noqa: E402
+import inspect  # noqa: E402
+import pkgutil  # noqa: E402
+import re  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+STATE_KEYS = (
+    "proprioception",
+    "proprioception_grippers",
+    "proprioception_floating_base",
+    "proprioception_floating_base_actions",
+)
+ROBOT_CAMERAS = ("head", "left_wrist", "right_wrist")
+ACTION_MODES = ("absolute", "delta")
+DEMO_FREQUENCY = 500  # BiGym's physics rate, the rate its demos are recorded at
+
+
+# --------------------------------------------------------------------------------------------------
+# Task names
+# --------------------------------------------------------------------------------------------------
+def to_snake_case(name: str) -> str:
+    """DishwasherClose -> dishwasher_close."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def task_classes() -> dict[str, type]:
+    """All concrete BiGym task classes, by class name (private/abstract bases such as _DishwasherEnv excluded)."""
+    import bigym.envs
+    from bigym.bigym_env import BiGymEnv
+
+    tasks = {}
+    for module_info in pkgutil.iter_modules(bigym.envs.__path__, "bigym.envs."):
+        if module_info.ispkg:  # bigym.envs.props holds scene objects, not tasks
+            continue
+        module = importlib.import_module(module_info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if (cls.__module__ == module.__name__ and issubclass(cls, BiGymEnv)
+                    and not name.startswith("_") and not inspect.isabstract(cls)):
+                tasks[name] = cls
+    return tasks
+
+
+def resolve_task(name: str) -> type:
+    """A BiGym class name ('DishwasherClose') or its snake_case ('dishwasher_close') -> the task class."""
+    tasks = task_classes()
+    by_snake = {to_snake_case(cls_name): cls for cls_name, cls in tasks.items()}
+    if name in tasks:
+        return tasks[name]
+    if name in by_snake:
+        return by_snake[name]
+    close = difflib.get_close_matches(name, list(tasks) + list(by_snake), n=3, cutoff=0.5)
+    raise ValueError(
+        f"unknown BiGym task '{name}'." + (f" Did you mean: {', '.join(close)}?" if close else "")
+        + f" Valid tasks (class name or snake_case): {', '.join(sorted(tasks))}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Building one BiGym environment (shared with the demo conversion)
+# --------------------------------------------------------------------------------------------------
+def make_action_mode(action_mode: str):
+    from bigym.action_modes import JointPositionActionMode
+
+    if action_mode not in ACTION_MODES:
+        raise ValueError(f"action_mode must be one of {ACTION_MODES}, got '{action_mode}'")
+    # The floating base (pelvis x, y, rz) is delta-controlled in both modes; `absolute` covers the arms.
+    return JointPositionActionMode(floating_base=True, absolute=action_mode == "absolute")
+
+
+def _check_cameras(cameras: list[str]):
+    unknown = [c for c in cameras if c not in ROBOT_CAMERAS]
+    if unknown:
+        raise ValueError(f"unknown BiGym camera(s) {unknown}; the H1 robot has {list(ROBOT_CAMERAS)}")
+
+
+def make_bigym_env(task: str, cameras: list[str], image_size: int, action_mode: str, control_frequency: int,
+                   fast_rendering: bool):
+    """One raw BiGym environment with RGB cameras at image_size x image_size and our renderer settings."""
+    from bigym.bigym_env import CONTROL_FREQUENCY_MAX, CONTROL_FREQUENCY_MIN
+    from bigym.utils.observation_config import CameraConfig, ObservationConfig
+
+    _check_cameras(cameras)
+    if not CONTROL_FREQUENCY_MIN <= control_frequency <= CONTROL_FREQUENCY_MAX or CONTROL_FREQUENCY_MAX % control_frequency:
+        raise ValueError(f"control_frequency must divide {CONTROL_FREQUENCY_MAX} and be >= {CONTROL_FREQUENCY_MIN} "
+                         f"(e.g. 25 or 50 Hz), got {control_frequency}")
+    task_cls = resolve_task(task)
+    observation_config = ObservationConfig(
+        cameras=[CameraConfig(name=name, rgb=True, depth=False, resolution=(image_size, image_size)) for name in cameras],
+        proprioception=True,
+    )
+    env = task_cls(action_mode=make_action_mode(action_mode), observation_config=observation_config,
+                   control_frequency=control_frequency)
+    if fast_rendering:
+        set_fast_rendering(env)
+    return env
+
+
+def set_fast_rendering(env):
+    """Shadows, reflections and MSAA off on the observation renderers (rebuilt: MSAA is fixed per GL context)."""
+    import mujoco
+
+    env.mojo.model.vis.quality.offsamples = 0
+    env._initialize_renderers()  # BiGym's own (re)creation of env.obs_renderers, now without multisampling
+    for renderer in env.obs_renderers.values():
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+
+
+def read_observation(env) -> dict:
+    """Step-free observation of the current simulator state (kinematics recomputed first)."""
+    import mujoco
+
+    mujoco.mj_forward(env.mojo.model, env.mojo.data)
+    return env.get_observation()
+
+
+def flatten_state(obs: dict) -> np.ndarray:
+    """BiGym observation dict -> (S,) float32 state in STATE_KEYS order."""
+    missing = [k for k in STATE_KEYS if k not in obs]
+    if missing:
+        raise KeyError(f"BiGym observation lacks {missing} (needs proprioception on and a floating base); "
+                       f"has {sorted(obs)}")
+    return np.concatenate([np.asarray(obs[k], dtype=np.float32).reshape(-1) for k in STATE_KEYS])
+
+
+def camera_images(obs: dict, cameras: list[str]) -> np.ndarray:
+    """BiGym observation dict -> (N, 3, H, W) uint8 (BiGym already stores rgb_<camera> channel-first)."""
+    return np.stack([np.asarray(obs[f"rgb_{name}"], dtype=np.uint8) for name in cameras])
+
+
+def clip_action(env, action: np.ndarray) -> np.ndarray:
+    """BiGym raises on actions outside its action space; a policy's predictions may overshoot slightly."""
+    space = env.action_space
+    return np.clip(np.asarray(action, dtype=np.float32), space.low, space.high)
+
+
+# --------------------------------------------------------------------------------------------------
+# The adapter
+# --------------------------------------------------------------------------------------------------
+class BiGymEnv:
+    def __init__(self, env_id: str, num_envs: int, cameras: list[str], image_size: int, action_mode: str = "absolute",
+                 control_frequency: int = 50, max_episode_steps: int = 1000, fast_rendering: bool = False,
+                 video_size: int = 192):
+        """env_id: BiGym task (class name or snake_case). max_episode_steps counts control steps.
+
+        video_size: side of each camera tile in render() frames.
+        """
+        self.num_envs, self.cameras = num_envs, list(cameras)
+        self.max_episode_steps = max_episode_steps
+        self.envs = [make_bigym_env(env_id, self.cameras, image_size, action_mode, control_frequency, fast_rendering)
+                     for _ in range(num_envs)]
+        self.action_dim = self.envs[0].action_space.shape[0]
+        self.fast_rendering, self.video_size = fast_rendering, video_size
+        self._video_renderers = None  # made on the first render() call: evaluation without video never pays
+
+    def _convert(self, observations: list[dict]) -> dict:
+        out = {"state": np.stack([flatten_state(obs) for obs in observations])}  # (E, S)
+        if self.cameras:
+            out["images"] = np.stack([camera_images(obs, self.cameras) for obs in observations])  # (E, N, 3, H, W)
+        return out
+
+    def reset(self, seed: int) -> dict:
+        observations = []
+        for i, env in enumerate(self.envs):
+            env.reset(seed=seed + i)  # BiGym seeds the task layout (and numpy's global RNG) from this
+            observations.append(read_observation(env))
+        return self._convert(observations)
+
+    def step(self, actions: np.ndarray):
+        """actions (E, A) -> obs, reward (E,) float32, success (E,) bool. Episodes are not ended on success."""
+        observations, rewards, successes = [], [], []
+        for env, action in zip(self.envs, np.asarray(actions)):
+            obs, reward, _, _, _ = env.step(clip_action(env, action))
+            observations.append(obs)
+            rewards.append(reward)
+            successes.append(env.success)
+        return self._convert(observations), np.asarray(rewards, np.float32), np.asarray(successes, bool)
+
+    def render(self) -> np.ndarray:
+        """(E, video_size, 3 * video_size, 3) uint8: head | left_wrist | right_wrist, same quality as observations."""
+        import mujoco
+
+        if self._video_renderers is None:
+            self._video_renderers = []
+            for env in self.envs:
+                renderer = mujoco.Renderer(env.mojo.model, self.video_size, self.video_size)
+                if self.fast_rendering:
+                    renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+                    renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+                self._video_renderers.append(renderer)
+        frames = []
+        for env, renderer in zip(self.envs, self._video_renderers):
+            camera_ids = {camera.mjcf.name: camera.id for camera in env.robot.cameras}
+            tiles = []
+            for name in ROBOT_CAMERAS:
+                renderer.update_scene(env.mojo.data, camera_ids[name])
+                tiles.append(renderer.render())  # (video_size, video_size, 3)
+            frames.append(np.concatenate(tiles, axis=1))
+        return np.stack(frames)
+
+    def close(self):
+        for renderer in self._video_renderers or []:
+            renderer.close()
+        for env in self.envs:
+            env.close()

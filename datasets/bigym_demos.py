@@ -1,0 +1,194 @@
+"""BiGym demonstrations -> episodes, with BiGym's own demo tools.
+
+Pipeline for one task:
+  1. `DemoStore(cache_root)` provides the raw human demos: on first use it downloads BiGym's demo release and
+     unpacks it into <cache_root>/demonstrations/<DEMO_VERSION>/ (default cache_root: ~/.bigym). These are
+     "lightweight" demos: the 500 Hz action sequence plus the seed that laid out the scene.
+  2. delta action mode only: `DemoConverter.absolute_to_delta`, at 500 Hz (its clipping assumes one physics
+     step per action, so it must run before decimation).
+  3. `DemoConverter.decimate` to the control frequency (absolute arm targets averaged over the window,
+     floating-base deltas summed, gripper command taken from the window's last step).
+  4. Re-simulation from the demo's seed in an environment built by env.bigym_env.make_bigym_env, i.e. with
+     the configured cameras, image size and fast-rendering switch, pairing each observation with the action
+     taken FROM it (BiGym's own DemoConverter.create_demo_in_new_env stores the observation AFTER each action
+     and cannot apply our renderer settings, so step 4 is done here with the same functions evaluation uses).
+  5. Optionally cached as one .npz per demo under `episode_cache_dir`, keyed by every setting that changes
+     the result, so re-rendering happens once.
+
+Output: a list of {"state": (T, S) float32, "actions": (T, A) float32, "images": (T, N, 3, H, W) uint8 (when
+cameras are set)}, the format datasets.replay_buffer.ChunkDataset takes.
+
+Offline use: unpack BiGym's demo release (see DEMO_URL) into <dir>/demonstrations/<DEMO_VERSION>/ and pass
+cache_root=<dir>; or record demos with BiGym's DemoRecorder and add them to a cache with
+`import_recorded_demos`.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from env.bigym_env import (DEMO_FREQUENCY, camera_images, flatten_state, make_bigym_env, read_observation,
+                           resolve_task)
+
+
+def demo_url() -> str:
+    from bigym.const import DEMO_RELEASES, DEMO_VERSION
+
+    return f"{DEMO_RELEASES}/v{DEMO_VERSION}/demonstrations.zip"
+
+
+def demo_cache_path(cache_root) -> Path:
+    """Where DemoStore keeps the unpacked demo release: <cache_root>/demonstrations/<DEMO_VERSION>/."""
+    from bigym.const import CACHE_PATH, DEMO_VERSION
+
+    return Path(cache_root if cache_root is not None else CACHE_PATH) / "demonstrations" / DEMO_VERSION
+
+
+def _lightweight_metadata(task_cls):
+    """Metadata naming the cache folder of the task's raw demos (always recorded in absolute joint positions)."""
+    from bigym.action_modes import JointPositionActionMode
+    from demonstrations.utils import Metadata, ObservationMode
+
+    return Metadata.from_env_cls(task_cls, JointPositionActionMode, floating_base=True,
+                                 obs_mode=ObservationMode.Lightweight, action_mode_absolute=True)
+
+
+def _open_store(cache_root):
+    """DemoStore rooted at cache_root (None: BiGym's default ~/.bigym), with its demos downloaded if needed."""
+    from demonstrations.demo_store import DemoStore
+
+    store = DemoStore(Path(cache_root) if cache_root is not None else None)
+    cache_path = demo_cache_path(cache_root)
+    has_local_demos = next(cache_path.rglob("*.safetensors"), None) is not None
+    if cache_root is not None and has_local_demos and not store.cached:
+        # An unpacked copy placed by hand lacks DemoStore's ".lock" marker; without it DemoStore would try
+        # to download the release over it.
+        store.cached = True
+    store.pull_demos()  # no-op when cached; logs (does not raise) when the download fails
+    if not store.cached:
+        raise RuntimeError(
+            f"BiGym demos are not available: downloading {demo_url()} failed (see the error logged above) and "
+            f"{cache_path} holds no demos.\n"
+            "  To provide demos offline, either\n"
+            f"  - download that zip elsewhere, unzip it into <DIR>/demonstrations/{cache_path.name}/ and pass "
+            "cache_root=<DIR> (dataset.bigym_cache_root in the config), or\n"
+            "  - record demos with BiGym's demonstrations.demo_recorder.DemoRecorder (500 Hz, absolute joint "
+            "positions) and add them with datasets.bigym_demos.import_recorded_demos(<recorded dir>, <DIR>)."
+        )
+    return store
+
+
+def import_recorded_demos(recorded_dir, cache_root) -> int:
+    """Add DemoRecorder files (*.safetensors) to the DemoStore cache at cache_root. Returns how many were added.
+
+    They must be recorded at 500 Hz (control_frequency=500, BiGym's default) in
+    JointPositionActionMode(floating_base=True, absolute=True), like BiGym's own demos.
+    """
+    from demonstrations.demo import Demo
+    from demonstrations.demo_store import DemoStore
+
+    files = sorted(Path(recorded_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{recorded_dir}: no *.safetensors demo files (DemoRecorder.save_demo writes them)")
+    store = DemoStore(Path(cache_root))
+    for path in files:
+        demo = Demo.from_safetensors(path)
+        env_data = demo.metadata.environment_data
+        if env_data.action_mode_name != "JointPositionActionMode" or not env_data.action_mode_absolute:
+            raise ValueError(f"{path}: recorded with {env_data.action_mode_description}; "
+                             "expected JointPositionActionMode with absolute=True")
+        store.cache_demo(demo)  # stores the lightweight (actions-only) version next to the full one
+    store.cached = True  # the cache is complete as it is: nothing to download
+    return len(files)
+
+
+def _raw_demos(store, cache_root, task_cls, num_demos: int) -> list:
+    """The first num_demos (by file name, so a fixed selection) 500 Hz lightweight demos of the task."""
+    from demonstrations.demo import Demo
+
+    metadata = _lightweight_metadata(task_cls)
+    paths = sorted(p for p in store.list_demo_paths(metadata) if p.suffix == ".safetensors")
+    if len(paths) < num_demos:
+        raise ValueError(f"{demo_cache_path(cache_root)}: {len(paths)} lightweight {task_cls.__name__} demos found "
+                         f"({metadata.environment_data.action_mode_description}), num_demos={num_demos} requested")
+    return [Demo.from_safetensors(p) for p in paths[:num_demos]]
+
+
+def _convert_actions(demo, action_mode: str, control_frequency: int, robot):
+    """Steps 2-3: 500 Hz absolute actions -> the configured action mode and frequency.
+
+    robot: a Robot in the target action mode, built once (decimate would otherwise build one per demo, slowly).
+    """
+    from demonstrations.demo_converter import DemoConverter
+
+    if action_mode == "delta":
+        demo = DemoConverter.absolute_to_delta(demo)
+    return DemoConverter.decimate(demo, control_frequency, DEMO_FREQUENCY, robot=robot)
+
+
+def replay_demo(env, demo, cameras: list[str]) -> tuple[dict, bool]:
+    """Step 4: re-simulate `demo` in `env`; returns (episode, success at the end)."""
+    env.reset(seed=demo.seed)
+    obs = read_observation(env)  # the same reset observation evaluation starts from
+    states, images, actions = [], [], []
+    for timestep in demo.timesteps:
+        action = timestep.executed_action  # (A,) float64, already clipped to the env's action space
+        states.append(flatten_state(obs))
+        if cameras:
+            images.append(camera_images(obs, cameras))
+        actions.append(action.astype(np.float32))
+        obs, *_ = env.step(action)
+    episode = {"state": np.stack(states), "actions": np.stack(actions)}  # (T, S), (T, A)
+    if cameras:
+        episode["images"] = np.stack(images)  # (T, N, 3, H, W)
+    return episode, env.success
+
+
+def _episode_cache_file(episode_cache_dir, task: str, uuid: str, cameras, image_size, action_mode,
+                        control_frequency, fast_rendering) -> Path:
+    view = f"{'-'.join(cameras)}_{image_size}px_{'fast' if fast_rendering else 'full'}" if cameras else "state"
+    return Path(episode_cache_dir) / task / f"{action_mode}_{control_frequency}hz_{view}" / f"{uuid}.npz"
+
+
+def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: int, action_mode: str,
+                     control_frequency: int, fast_rendering: bool, cache_root=None,
+                     episode_cache_dir=None) -> list[dict]:
+    """num_demos BiGym demos of `task` as episodes (see the module docstring).
+
+    cache_root: DemoStore cache root (None: ~/.bigym, downloading the release on first use).
+    episode_cache_dir: where converted episodes are kept (None: convert every time).
+    """
+    task_cls = resolve_task(task)
+    task = task_cls.__name__
+    store = _open_store(cache_root)
+    demos = _raw_demos(store, cache_root, task_cls, num_demos)
+
+    episodes, env, successes = [], None, 0
+    for demo in tqdm(demos, desc=f"BiGym {task} demos -> episodes"):
+        cache_file = None
+        if episode_cache_dir is not None:
+            cache_file = _episode_cache_file(episode_cache_dir, task, demo.uuid, cameras, image_size, action_mode,
+                                             control_frequency, fast_rendering)
+            if cache_file.exists():
+                with np.load(cache_file) as data:
+                    episodes.append({key: data[key] for key in data.files if key != "success"})
+                    successes += int(data["success"])
+                continue
+        if env is None:
+            env = make_bigym_env(task, cameras, image_size, action_mode, control_frequency, fast_rendering)
+        episode, success = replay_demo(env, _convert_actions(demo, action_mode, control_frequency, env.robot), cameras)
+        episodes.append(episode)
+        successes += int(success)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(".tmp.npz")
+            np.savez(tmp, success=success, **episode)
+            os.replace(tmp, cache_file)  # appears only once complete
+    if env is not None:
+        env.close()
+    # Decimated human demos replayed at a lower rate do not always reproduce success; report it.
+    print(f"[bigym demos] {task}: {len(episodes)} episodes, {successes} end in success after re-simulation "
+          f"at {control_frequency} Hz")
+    return episodes

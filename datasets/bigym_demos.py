@@ -20,7 +20,7 @@ cameras are set)}, the format datasets.replay_buffer.ChunkDataset takes.
 
 Offline use: unpack BiGym's demo release (see DEMO_URL) into <dir>/demonstrations/<DEMO_VERSION>/ and pass
 cache_root=<dir>; or record demos with BiGym's DemoRecorder and add them to a cache with
-`import_recorded_demos`.
+`import_recorded_demos` (`record_scripted_demos` makes non-solving ones, to check the pipeline).
 """
 
 import os
@@ -102,6 +102,35 @@ def import_recorded_demos(recorded_dir, cache_root) -> int:
         store.cache_demo(demo)  # stores the lightweight (actions-only) version next to the full one
     store.cached = True  # the cache is complete as it is: nothing to download
     return len(files)
+
+
+def record_scripted_demos(task: str, seeds, raw_steps: int, out_dir) -> list[Path]:
+    """Record scripted demos with BiGym's DemoRecorder, for checking the pipeline without BiGym's release.
+
+    The arms swing around the reset pose while the grippers close: the task is NOT solved. Recorded like
+    BiGym's human demos (500 Hz, absolute joint positions, no cameras: observations are re-rendered later).
+    """
+    from demonstrations.demo_recorder import DemoRecorder
+
+    env = make_bigym_env(task, cameras=[], image_size=1, action_mode="absolute", control_frequency=DEMO_FREQUENCY,
+                         fast_rendering=False)
+    recorder = DemoRecorder(Path(out_dir))
+    low, high = env.action_space.low, env.action_space.high
+    paths = []
+    for seed in seeds:
+        env.reset(seed=int(seed))  # the recorder stores this seed, so re-simulation starts from the same scene
+        home = env.robot.qpos_actuated.copy()  # (15,) [pelvis x, y, rz, 10 arm joints, 2 grippers]
+        recorder.record(env)
+        for t in range(raw_steps):
+            action = np.zeros_like(low)  # pelvis deltas 0: the base stays put
+            action[3:-2] = home[3:-2] + 0.3 * np.sin(2 * np.pi * t / raw_steps)
+            action[-2:] = t / raw_steps
+            action = np.clip(action, low, high)
+            recorder.add_timestep(env.step(action), action)
+        recorder.stop()
+        paths.append(recorder.save_demo())
+    env.close()
+    return paths
 
 
 def _raw_demos(store, cache_root, task_cls, num_demos: int) -> list:

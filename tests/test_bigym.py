@@ -1,4 +1,4 @@
-"""BiGym end to end: record demos with BiGym's DemoRecorder -> DemoStore cache -> episodes -> ACT -> rollout.
+"""BiGym end to end: record demos with BiGym's DemoRecorder (scripted) -> DemoStore cache -> episodes -> ACT -> rollout.
 
 Needs BiGym (scripts/install_bigym.sh); skipped without it. About a minute on 2 CPU cores.
 """
@@ -11,10 +11,9 @@ import imageio.v2 as imageio  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datasets.bigym_demos import import_recorded_demos, load_bigym_demos  # noqa: E402
+from datasets.bigym_demos import import_recorded_demos, load_bigym_demos, record_scripted_demos  # noqa: E402
 from datasets.replay_buffer import ChunkDataset, compute_stats  # noqa: E402
-from env.bigym_env import (BiGymEnv, make_bigym_env, resolve_task, task_classes,  # noqa: E402
-                           to_snake_case)
+from env.bigym_env import BiGymEnv, resolve_task, task_classes, to_snake_case  # noqa: E402
 from models.act import ACT  # noqa: E402
 from models.policy import ACTPolicy, ChunkedActionExecutor  # noqa: E402
 
@@ -27,34 +26,10 @@ DEMO_SEEDS = (3, 4)
 CHUNK = 8
 
 
-def record_demos(out_dir):
-    """Two short 500 Hz demos with BiGym's own recorder: arms swing around the reset pose, grippers close."""
-    from demonstrations.demo_recorder import DemoRecorder
-
-    # Demos are recorded like BiGym's human demos: 500 Hz, absolute joint positions, no cameras needed.
-    env = make_bigym_env(TASK, cameras=[], image_size=IMAGE_SIZE, action_mode="absolute", control_frequency=500,
-                         fast_rendering=True)
-    recorder = DemoRecorder(out_dir)
-    low, high = env.action_space.low, env.action_space.high
-    for seed in DEMO_SEEDS:
-        env.reset(seed=seed)
-        home = env.robot.qpos_actuated.copy()  # (15,) [pelvis x y rz, 10 arm joints, 2 grippers]
-        recorder.record(env)
-        for t in range(RAW_STEPS):
-            action = np.zeros_like(low)
-            action[3:13] = home[3:13] + 0.3 * np.sin(2 * np.pi * t / RAW_STEPS)
-            action[13:] = t / RAW_STEPS
-            action = np.clip(action, low, high)
-            recorder.add_timestep(env.step(action), action)
-        recorder.stop()
-        recorder.save_demo()
-    env.close()
-
-
 @pytest.fixture(scope="module")
 def demo_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bigym")
-    record_demos(root / "recorded")
+    record_scripted_demos(TASK, DEMO_SEEDS, RAW_STEPS, root / "recorded")
     assert import_recorded_demos(root / "recorded", root / "cache") == len(DEMO_SEEDS)
     kwargs = dict(task="dishwasher_close", num_demos=len(DEMO_SEEDS), cameras=CAMERAS, image_size=IMAGE_SIZE,
                   action_mode="absolute", control_frequency=CONTROL_FREQUENCY, fast_rendering=True,
@@ -114,6 +89,18 @@ def test_episodes_format(demo_setup):
     for a, b in zip(episodes, again):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_delta_actions_state_only(demo_setup):
+    """Delta mode: arm deltas accumulate to the absolute targets; no cameras -> no "images" key."""
+    _, kwargs, absolute = demo_setup
+    delta = load_bigym_demos(**{**kwargs, "action_mode": "delta", "cameras": []})
+    for abs_ep, delta_ep in zip(absolute, delta):
+        assert "images" not in delta_ep and delta_ep["state"].shape == abs_ep["state"].shape
+        # Converted at 500 Hz from zero, then summed per 10-step window: the running sum is the absolute target
+        # at each window's end, while decimated absolute actions are window means, so compare loosely.
+        targets = np.cumsum(delta_ep["actions"][:, 3:13], axis=0)
+        np.testing.assert_allclose(targets, abs_ep["actions"][:, 3:13], atol=0.05)
 
 
 def test_demo_start_matches_env_reset(demo_setup):

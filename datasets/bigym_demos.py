@@ -134,15 +134,15 @@ def record_scripted_demos(task: str, seeds, raw_steps: int, out_dir) -> list[Pat
 
 
 def _raw_demos(store, cache_root, task_cls, num_demos: int) -> list:
-    """The first num_demos (by file name, so a fixed selection) 500 Hz lightweight demos of the task."""
+    """The first num_demos (by file name, so a fixed selection; -1: all) 500 Hz lightweight demos of the task."""
     from demonstrations.demo import Demo
 
     metadata = _lightweight_metadata(task_cls)
     paths = sorted(p for p in store.list_demo_paths(metadata) if p.suffix == ".safetensors")
-    if len(paths) < num_demos:
+    if len(paths) < max(num_demos, 1):
         raise ValueError(f"{demo_cache_path(cache_root)}: {len(paths)} lightweight {task_cls.__name__} demos found "
                          f"({metadata.environment_data.action_mode_description}), num_demos={num_demos} requested")
-    return [Demo.from_safetensors(p) for p in paths[:num_demos]]
+    return [Demo.from_safetensors(p) for p in (paths if num_demos < 0 else paths[:num_demos])]
 
 
 def _convert_actions(demo, action_mode: str, control_frequency: int, robot):
@@ -184,7 +184,7 @@ def _episode_cache_file(episode_cache_dir, task: str, uuid: str, cameras, image_
 def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: int, action_mode: str,
                      control_frequency: int, fast_rendering: bool, cache_root=None,
                      episode_cache_dir=None) -> list[dict]:
-    """num_demos BiGym demos of `task` as episodes (see the module docstring).
+    """num_demos (-1: all) BiGym demos of `task` as episodes (see the module docstring).
 
     cache_root: DemoStore cache root (None: ~/.bigym, downloading the release on first use).
     episode_cache_dir: where converted episodes are kept (None: convert every time).

@@ -1,0 +1,118 @@
+"""Demonstrations -> in-memory replay buffer -> batches of (observation, action chunk, is_pad).
+
+Every demo source (ManiSkill HDF5, BiGym DemoStore) is first turned into a list of episodes
+    {"state": (T, S) float32, "actions": (T, A) float32, optional "images": (T, N, C, H, W) uint8}
+and from there on everything is shared. Sample index t of an episode of length T gives
+    state   (F, S)        observations t-F+1..t (F = frame_stack; clamped at the episode start)
+    images  (F, N, C, H, W) uint8, same frames (kept uint8 until the model casts them)
+    actions (K, A)        actions t..t+K-1; past the episode end they are padded:
+                              absolute actions repeat the last action, delta actions are zeros
+    is_pad  (K,)          True on padded steps (masked out of the loss)
+"""
+
+import numpy as np
+import torch
+
+ACTION_TYPES = ("absolute", "delta")
+
+
+def infer_action_type(control_mode: str) -> str:
+    """ManiSkill/BiGym controller name -> how to pad chunks. 'delta' in the name means relative targets."""
+    return "delta" if "delta" in control_mode else "absolute"
+
+
+def split_episodes(num_episodes: int, val_fraction: float, seed: int):
+    """Whole-episode train/validation split, fixed by the seed. Returns (train_ids, val_ids), sorted."""
+    order = np.random.default_rng(seed).permutation(num_episodes)
+    num_val = int(round(num_episodes * val_fraction))
+    if val_fraction > 0 and num_val == 0 and num_episodes > 1:
+        num_val = 1
+    if num_val >= num_episodes:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training episodes out of {num_episodes}")
+    return sorted(order[num_val:].tolist()), sorted(order[:num_val].tolist())
+
+
+def compute_stats(episodes: list[dict], min_std: float = 1e-2) -> dict:
+    """Mean/std of state and actions over all steps; std is floored so constant dims do not blow up."""
+    states = np.concatenate([ep["state"] for ep in episodes])
+    actions = np.concatenate([ep["actions"] for ep in episodes])
+    return {
+        "state_mean": states.mean(0), "state_std": np.maximum(states.std(0), min_std),
+        "action_mean": actions.mean(0), "action_std": np.maximum(actions.std(0), min_std),
+    }
+
+
+class ChunkDataset(torch.utils.data.Dataset):
+    """The replay buffer. Indexed by an array of sample indices (a whole batch at once, vectorised)."""
+
+    def __init__(self, episodes: list[dict], chunk_size: int, action_type: str, frame_stack: int = 1):
+        if action_type not in ACTION_TYPES:
+            raise ValueError(f"action_type must be one of {ACTION_TYPES}, got '{action_type}'")
+        if not episodes:
+            raise ValueError("ChunkDataset needs at least one episode")
+        self.chunk_size, self.action_type, self.frame_stack = chunk_size, action_type, frame_stack
+        lengths = np.array([len(ep["actions"]) for ep in episodes])
+        for i, ep in enumerate(episodes):
+            if len(ep["state"]) != lengths[i] or ("images" in ep and len(ep["images"]) != lengths[i]):
+                raise ValueError(f"episode {i}: state/images/actions lengths differ")
+        self.states = torch.from_numpy(np.concatenate([ep["state"] for ep in episodes])).float()  # (N, S)
+        self.actions = torch.from_numpy(np.concatenate([ep["actions"] for ep in episodes])).float()  # (N, A)
+        self.images = (torch.from_numpy(np.concatenate([ep["images"] for ep in episodes]))
+                       if "images" in episodes[0] else None)  # (N, cams, C, H, W) uint8
+        # For every flat step: where its episode starts and its last step (both flat indices).
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        self.episode_start = torch.from_numpy(np.repeat(starts, lengths))
+        self.episode_last = torch.from_numpy(np.repeat(ends - 1, lengths))
+        self.num_episodes = len(episodes)
+
+    def __len__(self):
+        return len(self.actions)
+
+    def __getitem__(self, index) -> dict:
+        index = torch.as_tensor(index).reshape(-1)  # (B,)
+        start, last = self.episode_start[index], self.episode_last[index]
+
+        frame_offsets = torch.arange(-self.frame_stack + 1, 1)  # (F,), e.g. [-2, -1, 0]
+        frame_idx = torch.maximum(index[:, None] + frame_offsets, start[:, None])  # (B, F)
+        chunk_idx = index[:, None] + torch.arange(self.chunk_size)  # (B, K)
+        is_pad = chunk_idx > last[:, None]  # (B, K)
+        # Clamping to the last step repeats the final action, which is the absolute-action padding.
+        actions = self.actions[torch.minimum(chunk_idx, last[:, None])]  # (B, K, A)
+        if self.action_type == "delta":
+            actions = actions.masked_fill(is_pad[..., None], 0.0)
+        batch = {"state": self.states[frame_idx], "actions": actions, "is_pad": is_pad}  # state: (B, F, S)
+        if self.images is not None:
+            batch["images"] = self.images[frame_idx]  # (B, F, N, C, H, W) uint8
+        return batch
+
+
+class RandomBatchSampler(torch.utils.data.Sampler):
+    """Endless uniformly random batches of indices; batch i depends only on (seed, i).
+
+    That makes the data stream identical for any num_workers and lets a resumed run continue with
+    exactly the batches it would have seen (start_iter).
+    """
+
+    def __init__(self, dataset_size: int, batch_size: int, seed: int, start_iter: int = 0):
+        self.dataset_size, self.batch_size, self.seed, self.start_iter = dataset_size, batch_size, seed, start_iter
+
+    def __iter__(self):
+        iteration = self.start_iter
+        while True:
+            rng = np.random.default_rng([self.seed, iteration])
+            yield rng.integers(0, self.dataset_size, self.batch_size)
+            iteration += 1
+
+
+def make_train_loader(dataset: ChunkDataset, batch_size: int, seed: int, num_workers: int, start_iter: int = 0):
+    sampler = RandomBatchSampler(len(dataset), batch_size, seed, start_iter)
+    # batch_size=None: the sampler yields whole index arrays and the dataset gathers them in one go.
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
+                                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def iterate_in_order(dataset: ChunkDataset, batch_size: int):
+    """Every sample once, in order (validation)."""
+    for begin in range(0, len(dataset), batch_size):
+        yield dataset[np.arange(begin, min(begin + batch_size, len(dataset)))]

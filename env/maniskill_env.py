@@ -1,0 +1,96 @@
+"""ManiSkill3 adapter: a batch of evaluation environments that speaks the policy's language.
+
+observations -> {"state": (E, S) float32, "images": (E, N, C, H, W) uint8 (camera modes only)}
+actions      <- (E, A) float32 numpy
+
+On a CUDA machine the E environments run as one GPU-simulated batch (physx_cuda); on a CPU machine they
+run as E CPU-simulated environments in worker processes (gymnasium AsyncVectorEnv), so rollouts use
+every core and the policy still sees one batch.
+"""
+
+import difflib
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from datasets.maniskill_demos import camera_images, flatten_state
+
+
+def resolve_backends(sim_backend: str, render_backend: str) -> tuple[str, str]:
+    """'auto' -> GPU simulation and rendering when CUDA is available, CPU (software Vulkan) otherwise."""
+    cuda = torch.cuda.is_available()
+    if sim_backend == "auto":
+        sim_backend = "physx_cuda" if cuda else "physx_cpu"
+    if render_backend == "auto":
+        render_backend = "gpu" if cuda else "cpu"
+    return sim_backend, render_backend
+
+
+def check_env_id(env_id: str):
+    import mani_skill.envs  # noqa: F401  (registers the environments)
+
+    if env_id not in gym.registry:
+        names = [name for name in gym.registry if name.endswith("-v1")]
+        close = difflib.get_close_matches(env_id, names, n=3)
+        raise ValueError(f"unknown ManiSkill env_id '{env_id}'." + (f" Did you mean: {', '.join(close)}?" if close else ""))
+
+
+def _make_single_cpu_env(env_kwargs: dict):
+    import mani_skill.envs  # noqa: F401  (worker processes import it anew)
+    from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
+
+    # Fixed-horizon evaluation: success ends nothing, so success_once/success_at_end are both measurable.
+    return CPUGymWrapper(gym.make(**env_kwargs), ignore_terminations=True)
+
+
+class ManiSkillEnv:
+    def __init__(self, env_id: str, num_envs: int, obs_mode: str, control_mode: str, cameras: list[str],
+                 max_episode_steps: int, sim_backend: str = "auto", render_backend: str = "auto"):
+        check_env_id(env_id)
+        self.sim_backend, self.render_backend = resolve_backends(sim_backend, render_backend)
+        self.num_envs, self.obs_mode, self.cameras = num_envs, obs_mode, cameras
+        self.max_episode_steps = max_episode_steps
+        env_kwargs = dict(id=env_id, obs_mode=obs_mode, control_mode=control_mode, render_mode="rgb_array",
+                          max_episode_steps=max_episode_steps, sim_backend=self.sim_backend,
+                          render_backend=self.render_backend)
+        self.gpu = self.sim_backend != "physx_cpu"
+        if self.gpu:
+            self.env = gym.make(**env_kwargs, num_envs=num_envs)
+        elif num_envs == 1:
+            self.env = gym.vector.SyncVectorEnv([lambda: _make_single_cpu_env(env_kwargs)])
+        else:
+            # forkserver: workers must not inherit this process's torch/OpenMP threads.
+            self.env = gym.vector.AsyncVectorEnv([lambda: _make_single_cpu_env(env_kwargs)] * num_envs,
+                                                 context="forkserver")
+        self.action_dim = self.env.single_action_space.shape[0] if not self.gpu else self.env.action_space.shape[-1]
+
+    def _convert(self, obs) -> dict:
+        if self.gpu:
+            from mani_skill.utils import common
+            obs = common.to_numpy(obs)
+        if self.obs_mode == "state":
+            return {"state": np.asarray(obs, dtype=np.float32)}
+        return {"state": flatten_state({k: obs[k] for k in ("agent", "extra")}),
+                "images": camera_images(obs["sensor_data"], self.cameras, use_depth=self.obs_mode == "rgbd")}
+
+    def reset(self, seed: int) -> dict:
+        obs, _ = self.env.reset(seed=[seed + i for i in range(self.num_envs)])
+        return self._convert(obs)
+
+    def step(self, actions: np.ndarray):
+        """Returns obs, reward (E,), success (E,) bool."""
+        if self.gpu:
+            actions = torch.as_tensor(actions, device=self.env.unwrapped.device)
+        obs, reward, _, _, info = self.env.step(actions)
+        to_np = (lambda x: x.cpu().numpy()) if self.gpu else np.asarray
+        return self._convert(obs), to_np(reward).astype(np.float32), to_np(info["success"]).astype(bool)
+
+    def render(self) -> np.ndarray:
+        """(E, H, W, 3) uint8 frames from the task's human-view camera."""
+        if self.gpu:
+            return self.env.render().cpu().numpy()
+        return np.stack(self.env.call("render"))
+
+    def close(self):
+        self.env.close()

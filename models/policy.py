@@ -1,0 +1,97 @@
+"""ACTPolicy: the ACT network plus everything needed to use it on raw data.
+
+It owns the normalisation statistics (as buffers, so they travel inside every checkpoint), turns raw
+batches into the model's normalised inputs, computes the training loss, and turns predicted chunks back
+into raw actions. `ChunkedActionExecutor` decides which action to execute at each control step.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from models.act import ACT, act_loss
+
+
+class ACTPolicy(nn.Module):
+    def __init__(self, model: ACT, stats: dict, kl_weight: float):
+        """stats: {"state_mean", "state_std", "action_mean", "action_std"} arrays, from the training data."""
+        super().__init__()
+        self.model = model
+        self.kl_weight = kl_weight
+        for name in ("state_mean", "state_std", "action_mean", "action_std"):
+            self.register_buffer(name, torch.as_tensor(stats[name], dtype=torch.float32))
+
+    @staticmethod
+    def _flatten_frames(state, images):
+        """Fold a frame stack into the feature/camera axes: (B, F, S) -> (B, F*S), (B, F, N, ...) -> (B, F*N, ...)."""
+        state = state.flatten(1)
+        if images is not None:
+            images = images.flatten(1, 2).float()  # uint8 -> float in [0, 255]; the backbone normalises
+        return state, images
+
+    def normalize_state(self, state):
+        return (state - self.state_mean) / self.state_std
+
+    def forward(self, batch: dict) -> dict:
+        """Training/validation loss of a raw batch from datasets.ChunkDataset."""
+        state, images = self._flatten_frames(self.normalize_state(batch["state"]), batch.get("images"))
+        target = (batch["actions"] - self.action_mean) / self.action_std  # (B, K, A)
+        pred, (mu, logvar) = self.model(state, images, target, batch["is_pad"])
+        return act_loss(pred, target, batch["is_pad"], mu, logvar, self.kl_weight)
+
+    @torch.no_grad()
+    def predict_chunk(self, state, images=None):
+        """Raw observations (B, F, S) [+ (B, F, N, C, H, W) uint8] -> raw action chunk (B, K, A), z = 0."""
+        state, images = self._flatten_frames(self.normalize_state(state), images)
+        pred, _ = self.model(state, images)
+        return pred * self.action_std + self.action_mean
+
+
+class ChunkedActionExecutor:
+    """Turns a stream of predicted chunks into one action per control step, for a batch of environments.
+
+    temporal_ensemble=True: query the policy every step; the action for step t averages every chunk that
+        covers t, weighted exp(-k * i) where i = 0 is the OLDEST prediction (as in the ACT paper, so older
+        predictions weigh more with k > 0 and the executed actions stay smooth).
+    temporal_ensemble=False: open loop; query every `query_frequency` steps and play the chunk in order.
+    """
+
+    def __init__(self, chunk_size: int, temporal_ensemble: bool = True, ensemble_k: float = 0.01,
+                 query_frequency: int | None = None):
+        self.chunk_size = chunk_size
+        self.temporal_ensemble = temporal_ensemble
+        self.ensemble_k = ensemble_k
+        self.query_frequency = 1 if temporal_ensemble else (query_frequency or chunk_size)
+        if not 1 <= self.query_frequency <= chunk_size:
+            raise ValueError(f"query_frequency must be in [1, chunk_size={chunk_size}], got {query_frequency}")
+        self.reset()
+
+    def reset(self):
+        self.step = 0
+        self.chunks = []  # temporal ensemble: [(start_step, chunk (E, K, A))], oldest first
+        self.current_chunk = None  # open loop: the chunk being played
+
+    def needs_new_chunk(self) -> bool:
+        return self.step % self.query_frequency == 0
+
+    def act(self, new_chunk: torch.Tensor | None) -> torch.Tensor:
+        """new_chunk: (E, K, A) when needs_new_chunk() was True, else None. Returns actions (E, A)."""
+        if new_chunk is not None:
+            if self.temporal_ensemble:
+                self.chunks.append((self.step, new_chunk))
+                # A chunk started at s covers steps s..s+K-1; drop the ones that no longer reach this step.
+                self.chunks = [(s, c) for s, c in self.chunks if s + self.chunk_size > self.step]
+            else:
+                self.current_chunk = new_chunk
+        if self.temporal_ensemble:
+            predictions = torch.stack([c[:, self.step - s] for s, c in self.chunks])  # (n, E, A), oldest first
+            weights = torch.tensor(
+                [math.exp(-self.ensemble_k * i) for i in range(len(self.chunks))], device=predictions.device
+            )
+            weights = (weights / weights.sum()).view(-1, 1, 1)
+            action = (weights * predictions).sum(dim=0)
+        else:
+            action = self.current_chunk[:, self.step % self.query_frequency]
+        self.step += 1
+        return action

@@ -1,0 +1,77 @@
+"""Roll a policy out in a simulator adapter (env/maniskill_env.py or env/bigym_env.py) and score it.
+
+Episodes run in rounds of `env.num_envs` parallel environments for exactly `env.max_episode_steps`
+steps (success does not end an episode), which gives both metrics ManiSkill reports:
+success_once (succeeded at any step) and success_at_end (succeeded at the last step).
+"""
+
+from collections import deque
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+
+from models.policy import ACTPolicy, ChunkedActionExecutor
+
+
+def _stacked(history: deque, key: str) -> np.ndarray:
+    return np.stack([obs[key] for obs in history], axis=1)  # (E, F, ...)
+
+
+@torch.no_grad()
+def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_stack: int = 1,
+                    temporal_ensemble: bool = True, ensemble_k: float = 0.01, query_frequency: int | None = None,
+                    video_dir=None, num_video_episodes: int = 0, video_prefix: str = "", fps: int = 20) -> dict:
+    policy.eval()
+    device = policy.action_mean.device
+    executor = ChunkedActionExecutor(policy.model.chunk_size, temporal_ensemble, ensemble_k, query_frequency)
+    success_once, success_at_end, returns, lengths, videos = [], [], [], [], []
+    num_rounds = -(-num_episodes // env.num_envs)
+    for round_index in range(num_rounds):
+        obs = env.reset(seed=seed + round_index * env.num_envs)
+        # The frame stack starts filled with the first observation, as the dataset clamps at episode start.
+        history = deque([obs] * frame_stack, maxlen=frame_stack)
+        executor.reset()
+        record = video_dir is not None and len(videos) < num_video_episodes
+        frames = [env.render()] if record else []
+        ever_success = np.zeros(env.num_envs, dtype=bool)
+        first_success_step = np.full(env.num_envs, env.max_episode_steps)
+        episode_return = np.zeros(env.num_envs)
+        for step in range(env.max_episode_steps):
+            chunk = None
+            if executor.needs_new_chunk():
+                state = torch.from_numpy(_stacked(history, "state")).to(device)  # (E, F, S)
+                images = (torch.from_numpy(_stacked(history, "images")).to(device)  # (E, F, N, C, H, W) uint8
+                          if "images" in obs else None)
+                chunk = policy.predict_chunk(state, images)  # (E, K, A)
+            action = executor.act(chunk).cpu().numpy()
+            obs, reward, success = env.step(action)
+            history.append(obs)
+            episode_return += reward
+            first_success_step[success & ~ever_success] = step + 1
+            ever_success |= success
+            if record:
+                frames.append(env.render())
+        success_once += ever_success.tolist()
+        success_at_end += success.tolist()
+        returns += episode_return.tolist()
+        lengths += first_success_step.tolist()
+        if record:
+            frames = np.stack(frames, axis=1)  # (E, T+1, H, W, 3)
+            for env_index in range(min(env.num_envs, num_video_episodes - len(videos))):
+                episode = round_index * env.num_envs + env_index
+                tag = "success" if ever_success[env_index] else "fail"
+                path = Path(video_dir) / f"{video_prefix}ep{episode:03d}_{tag}.mp4"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                imageio.mimsave(path, list(frames[env_index]), fps=fps, macro_block_size=1)
+                videos.append(str(path))
+    count = num_episodes  # the last round may run spare environments; they are not counted
+    return {
+        "success_once": float(np.mean(success_once[:count])),
+        "success_at_end": float(np.mean(success_at_end[:count])),
+        "return": float(np.mean(returns[:count])),
+        "episode_len": float(np.mean(lengths[:count])),
+        "num_episodes": count,
+        "videos": videos,
+    }

@@ -18,7 +18,8 @@ Observation after reset, checked on BiGym 4.1.0 / MuJoCo 3.1.5 (DishwasherClose)
 real post-reset observation, not a placeholder. The proprioception IS almost all zeros, legitimately:
 H1 resets to the all-zero joint configuration at rest, so only the floating-base y (-0.8) is non-zero;
 one hold-still step later joints and velocities move (gravity). A test like "all zeros -> invalid" would
-therefore misfire. What does differ: the FIRST frame a fresh MuJoCo renderer draws differs from every later
+therefore misfire. BiGym's reset() (physics reset, set robot pose, task _on_reset, then get_observation) is
+unchanged since its first commit (2024-07-09), so older releases behave the same. What does differ: the FIRST frame a fresh MuJoCo renderer draws differs from every later
 render of the same state by up to 3 intensity levels. To make the reset observation independent of such
 details (and of BiGym versions that build it before the reset pose is applied), `reset` recomputes
 kinematics (mj_forward, no physics step) and re-reads the observation; that re-read equals the returned

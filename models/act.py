@@ -362,6 +362,9 @@ class ACT(nn.Module):
             pos = torch.cat([pos, image_pos.expand(batch, -1, -1)], dim=1)
         memory = self.encoder(tokens, pos)  # (B, T, D)
 
+        # As in DETR/ACT the decoder input is zeros and the queries live in query_pos. A side effect worth
+        # knowing: the first decoder layer's self-attention sees identical (zero) values for every query,
+        # so its weights get no gradient and only its biases matter.
         query_pos = self.action_queries.weight[None].expand(batch, -1, -1)  # (B, K, D)
         decoded = self.decoder(torch.zeros_like(query_pos), query_pos, memory, pos)  # (B, K, D)
         return self.action_head(decoded), (mu, logvar)

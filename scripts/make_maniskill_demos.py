@@ -1,0 +1,40 @@
+"""Make ManiSkill demonstrations locally: motion planning + trajectory replay, no download.
+
+    python scripts/make_maniskill_demos.py --env-id PickCube-v1 --num-demos 100 --obs-mode state
+    python scripts/make_maniskill_demos.py --env-id PickCube-v1 --num-demos 100 --obs-mode rgb
+
+The file lands where the training configs look for it (demos/<env_id>/<N>demos.<obs_mode>.<control_mode>.h5);
+re-running with the file present does nothing. The training scripts call the same code automatically.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets.maniskill_demos import (SUPPORTED_OBS_MODES, default_demo_path,  # noqa: E402
+                                      generate_demos, motion_planning_solutions)
+from utils.training import repo_path  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env-id", default="PickCube-v1", choices=sorted(motion_planning_solutions()))
+    parser.add_argument("--num-demos", type=int, default=100)
+    parser.add_argument("--obs-mode", default="state", choices=SUPPORTED_OBS_MODES)
+    parser.add_argument("--control-mode", default="pd_ee_delta_pos")
+    parser.add_argument("--demo-dir", default="demos")
+    parser.add_argument("--out", help="output .h5 path (default: the path the training configs expect)")
+    parser.add_argument("--seed", type=int, default=0, help="first motion-planning seed")
+    args = parser.parse_args()
+    out = Path(args.out) if args.out else repo_path(
+        default_demo_path(args.demo_dir, args.env_id, args.obs_mode, args.control_mode, args.num_demos))
+    started = time.time()
+    generate_demos(args.env_id, args.num_demos, args.obs_mode, args.control_mode, out, seed=args.seed)
+    print(f"[demos] {time.time() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import pytest
+
+from utils.config import ConfigError, load_config
+from utils.training import REPO_ROOT
+
+DEFAULT = "configs/ACT_maniskill_config.yaml"
+
+
+def test_overrides_nested_keys_and_types():
+    cfg = load_config(DEFAULT, "configs/ACT_maniskill_state_config.yaml",
+                      ["total_iters=12", "model.d_model=64", "lr=1e-3", "cameras=[a, b]", "wandb.mode=disabled"])
+    assert cfg.total_iters == 12 and cfg.model.d_model == 64 and cfg.lr == 1e-3 and isinstance(cfg.lr, float)
+    assert cfg.cameras == ["a", "b"] and cfg.wandb.mode == "disabled" and cfg.obs_mode == "state"
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'total_iter'.*Did you mean: total_iters"):
+        load_config(DEFAULT, None, ["total_iter=5"])
+    with pytest.raises(ConfigError, match=r"'model.dmodel'.*model.d_model"):
+        load_config(DEFAULT, None, ["model.dmodel=5"])
+
+
+def test_bad_type_names_key_and_type():
+    with pytest.raises(ConfigError, match=r"key 'batch_size' expects int.*got str 'big'"):
+        load_config(DEFAULT, None, ["batch_size=big"])
+    with pytest.raises(ConfigError, match=r"key 'capture_video' expects bool"):
+        load_config(DEFAULT, None, ["capture_video=3"])
+
+
+def test_bad_key_in_a_config_file_names_the_file(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("batch_sise: 8\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: unknown config key 'batch_sise'.*batch_size"):
+        load_config(DEFAULT, user)
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, "ACT_for_Maniskill.py", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_script_reports_config_errors():
+    result = run_script("total_iter=5")
+    assert result.returncode != 0 and "Did you mean: total_iters" in result.stderr
+    result = run_script("env_id=PickCub-v1", "wandb.mode=disabled")
+    assert result.returncode != 0 and "unknown ManiSkill env_id 'PickCub-v1'" in result.stderr
+    assert "PickCube-v1" in result.stderr

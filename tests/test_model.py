@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from models.act import ACT, act_loss, sine_embedding_2d
+from models.policy import ACTPolicy
+
+STATE_DIM, ACTION_DIM, CHUNK = 9, 4, 6
+SMALL = dict(chunk_size=CHUNK, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=2,
+             num_decoder_layers=2, num_style_encoder_layers=2, latent_dim=8, pretrained_backbone=False)
+
+
+def make_policy(num_cameras=0, image_channels=3, use_cvae=True):
+    torch.manual_seed(0)
+    stats = {"state_mean": np.zeros(STATE_DIM), "state_std": np.ones(STATE_DIM),
+             "action_mean": np.zeros(ACTION_DIM), "action_std": np.ones(ACTION_DIM)}
+    model = ACT(STATE_DIM, ACTION_DIM, num_cameras=num_cameras, image_channels=image_channels, use_cvae=use_cvae, **SMALL)
+    return ACTPolicy(model, stats, kl_weight=10.0)
+
+
+def make_batch(batch=3, num_cameras=0, image_channels=3, size=64):
+    data = {"state": torch.randn(batch, 1, STATE_DIM), "actions": torch.randn(batch, CHUNK, ACTION_DIM),
+            "is_pad": torch.zeros(batch, CHUNK, dtype=torch.bool)}
+    data["is_pad"][0, -2:] = True
+    if num_cameras:
+        data["images"] = torch.randint(0, 256, (batch, 1, num_cameras, image_channels, size, size), dtype=torch.uint8)
+    return data
+
+
+@pytest.mark.parametrize("num_cameras,channels", [(0, 3), (1, 3), (3, 3), (2, 4)])
+def test_output_shapes(num_cameras, channels):
+    policy = make_policy(num_cameras, channels)
+    batch = make_batch(num_cameras=num_cameras, image_channels=channels)
+    state = batch["state"].flatten(1)
+    images = batch["images"].flatten(1, 2).float() if num_cameras else None
+    pred, (mu, logvar) = policy.model(state, images, batch["actions"], batch["is_pad"])
+    assert pred.shape == (3, CHUNK, ACTION_DIM)
+    assert mu.shape == logvar.shape == (3, 8)
+    chunk = policy.predict_chunk(batch["state"], batch.get("images"))
+    assert chunk.shape == (3, CHUNK, ACTION_DIM)
+
+
+@pytest.mark.parametrize("num_cameras", [0, 2])
+def test_loss_finite_and_reaches_every_parameter(num_cameras):
+    policy = make_policy(num_cameras)
+    losses = policy(make_batch(num_cameras=num_cameras))
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    no_grad = {n for n, p in policy.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)}
+    # The decoder input is zeros (DETR/ACT), so layer 0's self-attention output is input-independent: its
+    # weights get no gradient (out_proj and norm1 weights only while the biases are still at their zero init).
+    assert no_grad <= {"model.decoder.layers.0.self_attn.in_proj_weight",
+                       "model.decoder.layers.0.self_attn.out_proj.weight", "model.decoder.layers.0.norm1.weight"}
+    assert "model.decoder.layers.1.self_attn.in_proj_weight" not in no_grad
+
+
+def test_inference_is_deterministic_with_zero_latent():
+    policy = make_policy(num_cameras=1).eval()
+    batch = make_batch(num_cameras=1)
+    first = policy.predict_chunk(batch["state"], batch["images"])
+    second = policy.predict_chunk(batch["state"], batch["images"])
+    assert torch.equal(first, second)
+    # z = 0 at inference: the prediction equals feeding a zero latent explicitly.
+    state, images = batch["state"].flatten(1), batch["images"].flatten(1, 2).float()
+    pred, (mu, _) = policy.model(state, images)
+    assert mu is None and torch.allclose(pred, first)
+
+
+def test_cvae_off_has_no_style_encoder_and_no_kl():
+    policy = make_policy(use_cvae=False)
+    assert not hasattr(policy.model, "style_encoder")
+    losses = policy(make_batch())
+    assert losses["kl"].item() == 0.0 and torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+
+
+def test_padded_steps_do_not_count_in_the_loss():
+    pred = torch.zeros(1, 4, 2)
+    target = torch.tensor([[[1.0, 1.0], [1.0, 1.0], [100.0, 100.0], [100.0, 100.0]]])
+    is_pad = torch.tensor([[False, False, True, True]])
+    assert act_loss(pred, target, is_pad, None, None, 10.0)["l1"].item() == pytest.approx(1.0)
+
+
+def test_sine_embedding_2d_distinguishes_positions():
+    table = sine_embedding_2d(3, 4, 32)
+    assert table.shape == (12, 32)
+    assert torch.unique(table, dim=0).shape[0] == 12

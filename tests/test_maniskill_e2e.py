@@ -66,3 +66,15 @@ def test_eval_only_mode_reports_a_success_rate(tiny_run):
     log = run_script(*tiny_run["common"], "mode=eval", f"checkpoint={tiny_run['run_dir'] / 'best.pt'}",
                      "capture_video=false")
     assert "[eval @ 30] success_once" in log and "over 2 episodes" in log
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_run, tmp_path):
+    """Resume a good run with an absurd learning rate: it must stop with a message, not save NaN weights."""
+    run_dir = tiny_run["run_dir"]
+    good = (run_dir / "last.pt").read_bytes()
+    result = subprocess.run([sys.executable, "ACT_for_Maniskill.py", *tiny_run["common"],
+                             f"resume={run_dir / 'last.pt'}", "lr=1e30", "total_iters=80", "num_eval_episodes=0"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "non-finite" in result.stderr and "last good checkpoint" in result.stderr
+    assert (run_dir / "last.pt").read_bytes() == good

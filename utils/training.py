@@ -60,6 +60,7 @@ class Run:
     device: torch.device
     logger: RunLogger
     checkpoint: dict | None  # the checkpoint being resumed or evaluated, if any
+    started: float  # time.time() at start-up: eval rows log the wall time since then as time/elapsed_s
 
 
 def start_run(cfg: Config) -> Run:
@@ -68,6 +69,7 @@ def start_run(cfg: Config) -> Run:
     Resuming continues the checkpoint's run (same name and folders, same W&B run); evaluation-only
     gets a fresh run named after the evaluated one.
     """
+    started = time.time()
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     checkpoint = None
@@ -86,10 +88,13 @@ def start_run(cfg: Config) -> Run:
     ckpt_dir, video_dir = repo_path(cfg.ckpt_dir) / name, repo_path(cfg.video_dir) / name
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (ckpt_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    (ckpt_dir / "run_info.json").write_text(json.dumps({"device": device_name, "torch": torch.__version__,
+                                                         "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
     wandb_id = checkpoint.get("wandb_id") if checkpoint and cfg.mode == "train" else None
     logger = RunLogger(ckpt_dir, name, cfg.to_dict(), cfg.wandb, wandb_id)
     print(f"[run] {name} on {device}\n      checkpoints, metrics, curves: {ckpt_dir}\n      videos: {video_dir}")
-    return Run(name, ckpt_dir, video_dir, device, logger, checkpoint)
+    return Run(name, ckpt_dir, video_dir, device, logger, checkpoint, started)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,6 +252,7 @@ def run_simulator_eval(cfg, run, policy, env, iteration: int, prefix: str) -> di
                              num_video_episodes=cfg.num_video_episodes, video_prefix=prefix)
     metrics = {f"eval/{k}": v for k, v in result.items() if k != "videos"}
     metrics["eval/seconds"] = time.time() - started
+    metrics["time/elapsed_s"] = time.time() - run.started
     run.logger.log(metrics, iteration)
     for path in result["videos"]:
         run.logger.log_video(path, iteration)
@@ -275,6 +281,11 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
         policy.load_state_dict(ckpt["policy"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        # The config's lr / lr_backbone win over the saved ones, so `resume=... lr=...` does what it says
+        # (a plain resume starts from the checkpoint's config, so nothing changes then).
+        scheduler.base_lrs = [cfg.lr, cfg.lr_backbone][: len(optimizer.param_groups)]
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["initial_lr"], group["lr"] = base_lr, base_lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
         if ema:
             ema.policy.load_state_dict(ckpt["ema"] or ckpt["policy"])
         restore_rng_state(ckpt["rng"])
@@ -292,6 +303,10 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
     last_eval = {}
 
     def save(name: str, iteration: int):
+        # Never let a diverged model overwrite the last good checkpoint (NaN can appear between log steps).
+        if not all(torch.isfinite(p).all() for p in policy.parameters()):
+            raise TrainingDiverged(f"non-finite weights at iteration {iteration}; not saving {name}. The last good "
+                                   f"checkpoint is {run.ckpt_dir / 'last.pt'}. Try a lower lr or grad_clip.")
         save_checkpoint(run.ckpt_dir / name,
                         _checkpoint_payload(cfg, run, policy, ema, optimizer, scheduler, iteration, data, best_success))
 

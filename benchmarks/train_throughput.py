@@ -52,19 +52,22 @@ STATE_DIM, ACTION_DIM = 16, 16
 # Variants of our implementation; "ours" is the fast one used in the headline table, the others are the
 # ablation (--ablation), each one change away from its neighbour:
 #   frozen_bn      FrozenBatchNorm2d in the backbone (as with ImageNet weights, and as LeRobot)
-#   channels_last  conv weights, hence feature maps, in NHWC: the layout oneDNN/cuDNN convolutions prefer
 #   adamw          torch.optim.AdamW implementation: "default" (per-tensor loop on CPU) or "fused"
+#   channels_last  conv weights, hence feature maps, in NHWC: the layout oneDNN/cuDNN convolutions prefer
 #   compile        torch.compile of the policy (--compile)
-#   models_from    import `models` from this folder instead of the repository (--before DIR: the code
-#                  before a change, timed in the same interleaved run)
+#   bf16           bf16 autocast on CPU too (--bf16; always on for CUDA). Lower precision, unlike the rest
+#   models_from    import `models` from the --before folder instead of the repository: the code before a
+#                  change, timed in the same interleaved run
 OUR_VARIANTS = {
-    "ours": dict(frozen_bn=True, channels_last=True, adamw="fused"),
-    "ours-before": dict(frozen_bn=True, channels_last=False, adamw="default", models_from="--before"),
-    "ours-plain": dict(frozen_bn=True, channels_last=False, adamw="default"),
-    "ours+fused": dict(frozen_bn=True, channels_last=False, adamw="fused"),
-    "ours-bn": dict(frozen_bn=False, channels_last=True, adamw="fused"),
-    "ours+compile": dict(frozen_bn=True, channels_last=True, adamw="fused", compile=True),
+    "ours": dict(frozen_bn=True, adamw="fused"),
+    "ours-before": dict(frozen_bn=True, adamw="default", models_from=True),
+    "ours-plain": dict(frozen_bn=True, adamw="default"),
+    "ours+cl": dict(frozen_bn=True, adamw="fused", channels_last=True),
+    "ours-bn": dict(frozen_bn=False, adamw="fused"),
+    "ours+compile": dict(frozen_bn=True, adamw="fused", compile=True),
+    "ours+bf16": dict(frozen_bn=True, adamw="fused", bf16=True),
 }
+IMAGE_ONLY_VARIANTS = ("ours+cl", "ours-bn")  # without cameras they are "ours"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -104,15 +107,16 @@ def build_ours(args, variant: dict, num_cameras: int, raw: dict, device):
              "action_mean": np.zeros(ACTION_DIM), "action_std": np.ones(ACTION_DIM)}
     policy = ACTPolicy(model, stats, kl_weight=10.0).to(device).train()
     batch = raw
-    if variant["channels_last"] and num_cameras:
+    if variant.get("channels_last") and num_cameras:
         # NHWC conv weights are enough: the first convolution then returns NHWC and the rest follows.
         policy = policy.to(memory_format=torch.channels_last)
     optimizer = make_adamw([p for p in policy.parameters() if p.requires_grad], variant["adamw"], args.lr)
     forward = torch.compile(policy) if variant.get("compile") else policy
+    bf16 = device.type == "cuda" or variant.get("bf16", False)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = forward(batch)["loss"]
         loss.backward()
         optimizer.step()
@@ -251,10 +255,13 @@ def sampler_rate(args) -> float:
     loader = iter(make_train_loader(dataset, args.image_batch, seed=0, num_workers=args.loader_workers))
     for _ in range(5):
         next(loader)
-    start = time.perf_counter()
-    for _ in range(args.sampler_batches):
-        next(loader)
-    return args.sampler_batches / (time.perf_counter() - start)
+    rates = []
+    for _ in range(5):  # median of blocks, as for the training step: the machine may be shared
+        start = time.perf_counter()
+        for _ in range(args.sampler_batches):
+            next(loader)
+        rates.append(args.sampler_batches / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def main():
@@ -265,6 +272,7 @@ def main():
     parser.add_argument("--ablation", action="store_true",
                         help="also time the variants of ours (what each optimisation buys)")
     parser.add_argument("--compile", action="store_true", help="include torch.compile in the ablation")
+    parser.add_argument("--bf16", action="store_true", help="include bf16 autocast on CPU in the ablation")
     parser.add_argument("--before", metavar="DIR",
                         help="ablation row 'ours-before': a folder holding an older models/ package to compare")
     # One thread by default: on a 2-core machine shared with other jobs, two OpenMP threads keep waiting
@@ -289,7 +297,7 @@ def main():
     # Data path
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--episode-len", type=int, default=60)
-    parser.add_argument("--sampler-batches", type=int, default=50)
+    parser.add_argument("--sampler-batches", type=int, default=50, help="per timed block (5 blocks)")
     parser.add_argument("--loader-workers", type=int, default=0)
     args = parser.parse_args()
 
@@ -309,10 +317,9 @@ def main():
         batch_size = args.state_batch if SETTINGS[setting][0] == 0 else args.image_batch
         impls = ["ours", "lerobot"]
         if args.ablation:
-            has_images = SETTINGS[setting][0] > 0
-            # Without cameras channels_last and the BN choice change nothing: "ours+fused" would be "ours".
-            impls += [v for v in OUR_VARIANTS if v != "ours" and (v != "ours+compile" or args.compile)
-                      and (v != "ours-before" or args.before) and (v not in ("ours-bn", "ours+fused") or has_images)]
+            wanted = {"ours-before": args.before, "ours+compile": args.compile, "ours+bf16": args.bf16}
+            impls += [v for v in OUR_VARIANTS if v != "ours" and wanted.get(v, True)
+                      and (SETTINGS[setting][0] > 0 or v not in IMAGE_ONLY_VARIANTS)]
         results[setting] = compare(impls, setting, batch_size, args)
         peer = results[setting]["lerobot"]
         for impl, r in results[setting].items():

@@ -13,7 +13,8 @@ shown as its own ablation row). Differences that remain, all small and said out 
     normalises state/actions and converts uint8 images to ImageNet-normalised floats inside the step.
   * LeRobot needs an image or an "environment state" input; for the state-only setting it gets the state
     as both robot state and environment state, i.e. one more encoder token than ours (3 vs 2).
-  * No gradient clipping on either side.
+  * No gradient clipping on either side. On CUDA both run under bf16 autocast; on CPU both run in fp32
+    (the --bf16 ablation row aside).
 
 Each implementation runs in its own process (own memory high-water mark; LeRobot's site-packages are
 seen only there). The parent alternates blocks of steps between them so that load from other jobs on
@@ -80,7 +81,8 @@ def make_data(args, num_cameras: int, image_size: int, batch_size: int, device):
         "state": torch.randn(batch_size, 1, STATE_DIM, generator=gen),
         "actions": torch.randn(batch_size, args.chunk_size, ACTION_DIM, generator=gen),
         # Every fourth sample runs past its episode end halfway through the chunk.
-        "is_pad": (torch.arange(args.chunk_size) >= args.chunk_size // 2) & (torch.arange(batch_size)[:, None] % 4 == 0),
+        "is_pad": (torch.arange(args.chunk_size) >= args.chunk_size // 2)
+        & (torch.arange(batch_size)[:, None] % 4 == 0),
     }
     if num_cameras:
         shape = (batch_size, 1, num_cameras, 3, image_size, image_size)
@@ -89,7 +91,8 @@ def make_data(args, num_cameras: int, image_size: int, batch_size: int, device):
 
 
 def make_adamw(params, kind: str, lr: float):
-    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4, fused=kind == "fused" or None)
+    fused = True if kind == "fused" else None  # None: torch's default, the per-tensor loop on CPU
+    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4, fused=fused)
 
 
 def build_ours(args, variant: dict, num_cameras: int, raw: dict, device):
@@ -106,7 +109,6 @@ def build_ours(args, variant: dict, num_cameras: int, raw: dict, device):
     stats = {"state_mean": np.zeros(STATE_DIM), "state_std": np.ones(STATE_DIM),
              "action_mean": np.zeros(ACTION_DIM), "action_std": np.ones(ACTION_DIM)}
     policy = ACTPolicy(model, stats, kl_weight=10.0).to(device).train()
-    batch = raw
     if variant.get("channels_last") and num_cameras:
         # NHWC conv weights are enough: the first convolution then returns NHWC and the rest follows.
         policy = policy.to(memory_format=torch.channels_last)
@@ -117,7 +119,7 @@ def build_ours(args, variant: dict, num_cameras: int, raw: dict, device):
     def step():
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = forward(batch)["loss"]
+            loss = forward(raw)["loss"]
         loss.backward()
         optimizer.step()
 
@@ -158,7 +160,8 @@ def build_lerobot(args, num_cameras: int, image_size: int, raw: dict, device):
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = policy.forward(batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):  # as ours
+            loss, _ = policy.forward(batch)
         loss.backward()
         optimizer.step()
 
@@ -324,9 +327,9 @@ def main():
         peer = results[setting]["lerobot"]
         for impl, r in results[setting].items():
             spread = f"({r['spread'][0]:.1f}-{r['spread'][1]:.1f})"
-            print(f"{setting:8} {batch_size:5d}  {impl:12} {r['rate']:9.1f} {spread:>13} {r['rate'] / peer['rate']:9.2f}x "
-                  f"{r['cpu_rate']:9.1f} {r['cpu_rate'] / peer['cpu_rate']:9.2f}x {r['memory'] / 2**20:8.0f}",
-                  flush=True)
+            print(f"{setting:8} {batch_size:5d}  {impl:12} {r['rate']:9.1f} {spread:>13} "
+                  f"{r['rate'] / peer['rate']:9.2f}x {r['cpu_rate']:9.1f} {r['cpu_rate'] / peer['cpu_rate']:9.2f}x "
+                  f"{r['memory'] / 2**20:8.0f}", flush=True)
 
     if "cam1_128" in results:
         batches_per_s = sampler_rate(args)

@@ -167,7 +167,8 @@ def build_optimizer(cfg: Config, policy: ACTPolicy) -> torch.optim.Optimizer:
     groups = [{"params": others, "lr": cfg.lr}]
     if backbone:
         groups.append({"params": backbone, "lr": cfg.lr_backbone})
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    # fused: one kernel for the whole update (benchmarks/README.md: +6-14% samples/s on CPU).
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=True)
 
 
 def build_scheduler(cfg: Config, optimizer) -> torch.optim.lr_scheduler.LambdaLR:

@@ -84,7 +84,14 @@ class ManiSkillEnv:
             actions = torch.as_tensor(actions, device=self.env.unwrapped.device)
         obs, reward, _, _, info = self.env.step(actions)
         to_np = (lambda x: x.cpu().numpy()) if self.gpu else np.asarray
-        return self._convert(obs), to_np(reward).astype(np.float32), to_np(info["success"]).astype(bool)
+        success = to_np(info["success"]).astype(bool)
+        if "final_info" in info:
+            # gymnasium's vector envs reset an env the moment its time limit ends: `info` (and `obs`) then
+            # describe the next episode, and the finished episode's last info is kept in final_info.
+            # (The evaluation loop never uses the observation after the last step.)
+            for index in np.flatnonzero(info["_final_info"]):
+                success[index] = bool(info["final_info"][index]["success"])
+        return self._convert(obs), to_np(reward).astype(np.float32), success
 
     def render(self) -> np.ndarray:
         """(E, H, W, 3) uint8 frames from the task's human-view camera."""

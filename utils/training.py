@@ -114,7 +114,6 @@ def prepare_data(cfg: Config, episodes: list[dict], action_type: str) -> Trainin
     """Hold out whole episodes for validation, compute normalisation stats on the training episodes only."""
     train_ids, val_ids = split_episodes(len(episodes), cfg.val_fraction, cfg.seed)
     train_eps = [episodes[i] for i in train_ids]
-    make = lambda eps: ChunkDataset(eps, cfg.model.chunk_size, action_type, cfg.frame_stack)  # noqa: E731
     first = episodes[0]
     shape_meta = {
         "state_dim": first["state"].shape[1],
@@ -125,8 +124,10 @@ def prepare_data(cfg: Config, episodes: list[dict], action_type: str) -> Trainin
     }
     print(f"[data] {len(train_ids)} training / {len(val_ids)} validation episodes, "
           f"{sum(len(e['actions']) for e in train_eps)} training samples, action type '{action_type}'")
-    return TrainingData(make(train_eps), make([episodes[i] for i in val_ids]) if val_ids else None,
-                        compute_stats(train_eps), shape_meta, train_ids, val_ids)
+    train_set = ChunkDataset(train_eps, cfg.model.chunk_size, action_type, cfg.frame_stack)
+    val_set = (ChunkDataset([episodes[i] for i in val_ids], cfg.model.chunk_size, action_type, cfg.frame_stack)
+               if val_ids else None)
+    return TrainingData(train_set, val_set, compute_stats(train_eps), shape_meta, train_ids, val_ids)
 
 
 def build_policy(cfg: Config, shape_meta: dict, stats: dict, frozen_batchnorm: bool | None = None) -> ACTPolicy:
@@ -240,15 +241,12 @@ def _uses_frozen_batchnorm(policy: ACTPolicy) -> bool | None:
     return None if backbone is None else backbone.frozen_batchnorm
 
 
-def _eval_settings(cfg: Config) -> dict:
-    return dict(frame_stack=cfg.frame_stack, temporal_ensemble=cfg.temporal_ensemble, ensemble_k=cfg.ensemble_k,
-                query_frequency=cfg.query_frequency)
-
-
 def run_simulator_eval(cfg, run, policy, env, iteration: int, prefix: str) -> dict:
     """Roll the policy out, log success metrics and videos, return the metrics."""
     started = time.time()
-    result = evaluate_policy(policy, env, cfg.num_eval_episodes, cfg.eval_seed, **_eval_settings(cfg),
+    result = evaluate_policy(policy, env, cfg.num_eval_episodes, cfg.eval_seed, frame_stack=cfg.frame_stack,
+                             temporal_ensemble=cfg.temporal_ensemble, ensemble_k=cfg.ensemble_k,
+                             query_frequency=cfg.query_frequency,
                              video_dir=run.video_dir if cfg.capture_video else None,
                              num_video_episodes=cfg.num_video_episodes, video_prefix=prefix)
     metrics = {f"eval/{k}": v for k, v in result.items() if k != "videos"}

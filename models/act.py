@@ -71,13 +71,47 @@ def sine_embedding_2d(height: int, width: int, dim: int, temperature: float = 10
 # Transformer layers (post-norm, DETR/ACT style: position embeddings are added to queries and keys in
 # every layer rather than once to the input, so the values stay free of position information)
 # --------------------------------------------------------------------------------------------------
+def dropout_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Bool tensor shaped like x, True with probability 1 - p. 31-bit random integers against round(p * 2^31):
+    the keep probability is exact to 5e-10, and on CPU it costs a third of torch's bernoulli_.
+    """
+    return torch.empty_like(x, dtype=torch.int32).random_() >= round(p * 2**31)
+
+
 class Dropout(nn.Dropout):
-    """nn.Dropout via torch.native_dropout, which F.dropout uses only on GPUs: the same distribution, but the
-    mask kept for backward is bool (1 byte per element, not a 4-byte float) and it takes one pass less on CPU.
+    """nn.Dropout with the same maths, about twice as fast on CPU: the cheaper random mask above, multiplied in
+    as uint8 (bool operands take a slow type-promotion path) and kept for backward at 1 byte per element.
+    GPUs keep torch's fused kernel.
     """
 
     def forward(self, x):
-        return torch.native_dropout(x, self.p, True)[0] if self.training and self.p > 0 else x
+        if not self.training or self.p == 0 or x.is_cuda:
+            return super().forward(x)
+        return x.mul(dropout_keep_mask(x, self.p).view(torch.uint8)).mul_(1.0 / (1.0 - self.p))
+
+
+class FeedForward(nn.Sequential):
+    """Linear -> ReLU -> Dropout -> Linear on (..., D) tensors (a Sequential, so checkpoint keys stay 0.* and 3.*).
+
+    While training on CPU, ReLU and dropout are one multiplication by a 1-byte mask that is 0 where the hidden unit
+    is <= 0 or dropped (then a scaling by 1/(1-p)): the same values and gradients, but autograd keeps only that
+    mask for backward, not also the 4-byte ReLU output, and the activation takes fewer passes.
+    """
+
+    def __init__(self, d_model: int, dim_feedforward: int, dropout: float):
+        super().__init__(nn.Linear(d_model, dim_feedforward), nn.ReLU(), Dropout(dropout),
+                         nn.Linear(dim_feedforward, d_model))
+
+    def forward(self, x):
+        linear1, relu, dropout, linear2 = self
+        hidden = linear1(x)  # (..., F)
+        if self.training and dropout.p > 0 and not x.is_cuda:
+            keep = dropout_keep_mask(hidden, dropout.p)
+            keep &= hidden > 0
+            hidden = hidden.mul(keep.view(torch.uint8)).mul_(1.0 / (1.0 - dropout.p))
+        else:
+            hidden = dropout(relu(hidden))
+        return linear2(hidden)  # (..., D)
 
 
 class Attention(nn.Module):
@@ -117,10 +151,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
         super().__init__()
         self.self_attn = Attention(d_model, nhead, dropout)
-        self.feedforward = nn.Sequential(
-            nn.Linear(d_model, dim_feedforward), nn.ReLU(inplace=True), Dropout(dropout),
-            nn.Linear(dim_feedforward, d_model),
-        )
+        self.feedforward = FeedForward(d_model, dim_feedforward, dropout)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
 
@@ -140,10 +171,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(d_model, nhead, dropout)
         self.cross_attn = Attention(d_model, nhead, dropout)
-        self.feedforward = nn.Sequential(
-            nn.Linear(d_model, dim_feedforward), nn.ReLU(inplace=True), Dropout(dropout),
-            nn.Linear(dim_feedforward, d_model),
-        )
+        self.feedforward = FeedForward(d_model, dim_feedforward, dropout)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.dropout1, self.dropout2, self.dropout3 = Dropout(dropout), Dropout(dropout), Dropout(dropout)
 
@@ -351,8 +379,9 @@ class ACT(nn.Module):
         memory = self.encoder(tokens, pos)  # (B, T, D)
 
         # As in DETR/ACT the decoder input is zeros and the queries live in query_pos. A side effect worth
-        # knowing: the first decoder layer's self-attention sees identical (zero) values for every query,
-        # so its weights get no gradient and only its biases matter.
+        # knowing: the first decoder layer's self-attention sees the same value (its bias) for every key,
+        # so its value weights get no gradient, and its query/key weights only the noise of attention
+        # dropout (without dropout every query's output is exactly that bias, projected).
         query_pos = self.action_queries.weight[None].expand(batch, -1, -1)  # (B, K, D)
         decoded = self.decoder(torch.zeros_like(query_pos), query_pos, memory, pos)  # (B, K, D)
         return self.action_head(decoded), (mu, logvar)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.act import ACT, act_loss, sine_embedding_2d
+from models.act import ACT, Dropout, FeedForward, act_loss, dropout_keep_mask, sine_embedding_2d
 from models.policy import ACTPolicy
 
 STATE_DIM, ACTION_DIM, CHUNK = 9, 4, 6
@@ -85,3 +85,37 @@ def test_sine_embedding_2d_distinguishes_positions():
     table = sine_embedding_2d(3, 4, 32)
     assert table.shape == (12, 32)
     assert torch.unique(table, dim=0).shape[0] == 12
+
+
+def test_dropout_keeps_one_minus_p_and_preserves_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(2_000_000)
+    out = Dropout(0.1).train()(x)
+    assert abs((out == 0).float().mean().item() - 0.1) < 1e-3  # 4 sigma is 8.5e-4
+    assert torch.allclose(out[out != 0], torch.tensor(1 / 0.9))
+    assert abs(out.mean().item() - 1.0) < 3e-3
+    assert torch.equal(Dropout(0.1).eval()(x), x)
+
+
+def test_feedforward_equals_relu_then_dropout_with_the_same_random_draws():
+    torch.manual_seed(0)
+    ff = FeedForward(16, 64, dropout=0.2).train()
+    x = torch.randn(5, 7, 16, requires_grad=True)
+    torch.manual_seed(1)
+    out = ff(x)
+    out.square().sum().backward()
+    fused_grads = [x.grad.clone()] + [p.grad.clone() for p in ff.parameters()]
+    x.grad = None
+    ff.zero_grad()
+
+    # Reference: nn.Linear -> ReLU -> dropout by the same keep-mask (same generator state) -> nn.Linear.
+    torch.manual_seed(1)
+    linear1, _, _, linear2 = ff
+    hidden = linear1(x)
+    keep = dropout_keep_mask(hidden, 0.2)
+    reference = linear2(torch.relu(hidden) * keep / 0.8)
+    reference.square().sum().backward()
+    torch.testing.assert_close(out, reference)
+    for fused, ref in zip(fused_grads, [x.grad] + [p.grad for p in ff.parameters()]):
+        torch.testing.assert_close(fused, ref)
+    assert 0.1 < (keep == 0).float().mean().item() < 0.3

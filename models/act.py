@@ -131,14 +131,19 @@ class Attention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None):
         # query: (B, Tq, D); key, value: (B, Tk, D); key_padding_mask: (B, Tk) with True = ignore that token
+        # split/chunk rather than slicing: their backward is one concatenation, where each slice's backward
+        # would write into its own zero-filled copy of the whole (3D, D) weight.
         dim = query.shape[-1]
-        weight, bias = self.in_proj_weight, self.in_proj_bias
         if query is key:
-            q, k = F.linear(query, weight[: 2 * dim], bias[: 2 * dim]).chunk(2, dim=-1)  # (B, Tq, D) each
+            weight_qk, weight_v = self.in_proj_weight.split([2 * dim, dim])
+            bias_qk, bias_v = self.in_proj_bias.split([2 * dim, dim])
+            q, k = F.linear(query, weight_qk, bias_qk).chunk(2, dim=-1)  # (B, Tq, D) each
         else:
-            q = F.linear(query, weight[:dim], bias[:dim])  # (B, Tq, D)
-            k = F.linear(key, weight[dim : 2 * dim], bias[dim : 2 * dim])  # (B, Tk, D)
-        v = F.linear(value, weight[2 * dim :], bias[2 * dim :])  # (B, Tk, D)
+            weight_q, weight_k, weight_v = self.in_proj_weight.chunk(3)
+            bias_q, bias_k, bias_v = self.in_proj_bias.chunk(3)
+            q = F.linear(query, weight_q, bias_q)  # (B, Tq, D)
+            k = F.linear(key, weight_k, bias_k)  # (B, Tk, D)
+        v = F.linear(value, weight_v, bias_v)  # (B, Tk, D)
         q, k, v = (t.unflatten(-1, (self.nhead, -1)).transpose(1, 2) for t in (q, k, v))  # (B, nhead, T, D/nhead)
         attend = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
         out = F.scaled_dot_product_attention(

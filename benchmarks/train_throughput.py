@@ -22,13 +22,17 @@ the machine hits all alike, and reports the median over blocks of samples per wa
 samples per CPU-second of the worker (all its threads). On a machine shared with other jobs the second
 is the steadier measure of the work each implementation does; the first is what training would see.
 
-Memory: peak RSS of the worker process minus its RSS just before the first step, i.e. what training
-adds on top of the built model and the prepared batch: activations, gradients, AdamW state and whatever
-the allocator keeps cached. It is the process's high-water mark (ru_maxrss), so it includes transient
-peaks; on CUDA the script reports torch.cuda.max_memory_allocated instead.
+Memory, measured in a separate worker per implementation after the timing (a few steps): peak RSS during
+those steps minus the RSS just before the first one, i.e. what training adds on top of the built model and the prepared
+batch: activations, gradients, AdamW state, transient buffers. In that worker glibc's malloc is told to
+give every block of 64 KiB or more its own mapping, returned to the system when freed, so the RSS
+high-water mark follows the memory actually in use rather than what the allocator happens to keep
+cached (that caching moved the plain figure by +-50 MiB between runs). On CUDA the script reports
+torch.cuda.max_memory_allocated instead.
 """
 
 import argparse
+import ctypes
 import multiprocessing as mp
 import resource
 import statistics
@@ -173,8 +177,27 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def worker(conn, impl: str, setting: str, batch_size: int, args):
-    """Builds one implementation for one setting, then serves ("run", n_steps) / ("memory",) / ("stop",)."""
+def reset_peak_rss():
+    """Start the high-water mark afresh (Linux >= 4.0), so building the model does not count."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def worker(conn, impl: str, setting: str, batch_size: int, args, measure_memory: bool = False):
+    """Builds one implementation for one setting.
+
+    Timing worker: serves ("run", n_steps) -> (wall s, CPU s) until ("stop",).
+    Memory worker (measure_memory): runs warm-up + one block of steps and sends the peak memory growth.
+    """
+    if measure_memory and args.device == "cpu":
+        M_MMAP_THRESHOLD = -3  # from glibc's malloc.h; fixing it also turns off glibc's dynamic threshold
+        if not ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 64 * 1024):
+            print("warning: mallopt failed (not glibc?): memory figures include allocator caching")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -184,28 +207,41 @@ def worker(conn, impl: str, setting: str, batch_size: int, args):
         policy, step = build_lerobot(args, num_cameras, image_size, raw, device)
     else:
         policy, step = build_ours(args, OUR_VARIANTS[impl], num_cameras, raw, device)
-    baseline = rss_bytes()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+
+    if measure_memory:
+        baseline = rss_bytes()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_peak_rss()
+        for _ in range(args.warmup + args.steps):
+            step()
+        conn.send(torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes() - baseline)
+        return
+
     conn.send(sum(p.numel() for p in policy.parameters() if p.requires_grad))
     while True:
         command = conn.recv()
-        if command[0] == "run":
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start, start_cpu = time.perf_counter(), time.process_time()
-            for _ in range(command[1]):
-                step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()  # the only host sync: at the end of a timed block
-            conn.send((time.perf_counter() - start, time.process_time() - start_cpu))
-        elif command[0] == "memory":
-            if device.type == "cuda":
-                conn.send(torch.cuda.max_memory_allocated())
-            else:  # ru_maxrss is in KiB on Linux
-                conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline)
-        else:
+        if command[0] != "run":
             return
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for _ in range(command[1]):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # the only host sync: at the end of a timed block
+        conn.send((time.perf_counter() - start, time.process_time() - start_cpu))
+
+
+def peak_memory(impl: str, setting: str, batch_size: int, args) -> int:
+    """Peak memory growth of a few training steps, in a fresh memory worker (see the module docstring)."""
+    parent_end, child_end = mp.get_context("spawn").Pipe()
+    process = mp.get_context("spawn").Process(target=worker, args=(child_end, impl, setting, batch_size, args, True))
+    process.start()
+    memory = parent_end.recv()
+    process.join()
+    return memory
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,15 +270,14 @@ def compare(impls: list[str], setting: str, batch_size: int, args) -> dict:
             wall, cpu = conn.recv()
             rates[impl].append(batch_size * args.steps / wall)
             cpu_rates[impl].append(batch_size * args.steps / cpu)
-    result = {}
-    for impl, (conn, process) in workers.items():
-        conn.send(("memory",))
-        result[impl] = {"rate": statistics.median(rates[impl]), "spread": (min(rates[impl]), max(rates[impl])),
-                        "cpu_rate": statistics.median(cpu_rates[impl]), "memory": conn.recv(),
-                        "params": num_params[impl]}
+    for conn, process in workers.values():
         conn.send(("stop",))
         process.join()
-    return result
+    # One at a time, after the timing: a memory worker must not share the machine with a timed one.
+    return {impl: {"rate": statistics.median(rates[impl]), "spread": (min(rates[impl]), max(rates[impl])),
+                   "cpu_rate": statistics.median(cpu_rates[impl]), "params": num_params[impl],
+                   "memory": peak_memory(impl, setting, batch_size, args)}
+            for impl in impls}
 
 
 def sampler_rate(args) -> float:
@@ -278,10 +313,10 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="include bf16 autocast on CPU in the ablation")
     parser.add_argument("--before", metavar="DIR",
                         help="ablation row 'ours-before': a folder holding an older models/ package to compare")
-    # One thread by default: on a 2-core machine shared with other jobs, two OpenMP threads keep waiting
-    # for each other (measured: a ResNet18 step 10x slower than with one thread), which would time the
-    # neighbours rather than the code.
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in every worker")
+    # Default: as many threads as torch would use for training here. On a machine shared with other jobs use
+    # --threads 1: OpenMP threads that keep waiting for a busy core time the neighbours, not the code
+    # (measured on the 2-core machine under load: a ResNet18 step 10x slower with 2 threads than with 1).
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads in every worker")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=2, help="steps per implementation before timing")
     parser.add_argument("--steps", type=int, default=3, help="steps per timed block")

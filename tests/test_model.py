@@ -47,8 +47,9 @@ def test_loss_finite_and_reaches_every_parameter(num_cameras):
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     no_grad = {n for n, p in policy.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)}
-    # The decoder input is zeros (DETR/ACT), so layer 0's self-attention output is input-independent: its
-    # weights get no gradient (out_proj and norm1 weights only while the biases are still at their zero init).
+    # The decoder input is zeros (DETR/ACT), so layer 0's self-attention sees its value bias for every key: its
+    # value weights get no gradient, its query/key weights at most attention dropout's noise (out_proj and
+    # norm1 weights none while the biases are still at their zero init).
     assert no_grad <= {"model.decoder.layers.0.self_attn.in_proj_weight",
                        "model.decoder.layers.0.self_attn.out_proj.weight", "model.decoder.layers.0.norm1.weight"}
     assert "model.decoder.layers.1.self_attn.in_proj_weight" not in no_grad

@@ -23,8 +23,8 @@ samples per CPU-second of the worker (all its threads). On a machine shared with
 is the steadier measure of the work each implementation does; the first is what training would see.
 
 Memory, measured in a separate worker per implementation after the timing (a few steps): peak RSS during
-those steps minus the RSS just before the first one, i.e. what training adds on top of the built model and the prepared
-batch: activations, gradients, AdamW state, transient buffers. In that worker glibc's malloc is told to
+those steps minus the RSS just before the first one, i.e. what training adds on top of the built model and
+the prepared batch: activations, gradients, AdamW state, transient buffers. In that worker glibc's malloc is told to
 give every block of 64 KiB or more its own mapping, returned to the system when freed, so the RSS
 high-water mark follows the memory actually in use rather than what the allocator happens to keep
 cached (that caching moved the plain figure by +-50 MiB between runs). On CUDA the script reports
@@ -234,12 +234,20 @@ def worker(conn, impl: str, setting: str, batch_size: int, args, measure_memory:
         conn.send((time.perf_counter() - start, time.process_time() - start_cpu))
 
 
+def start_worker(impl: str, setting: str, batch_size: int, args, measure_memory: bool = False):
+    """A worker in a fresh process (spawn: no state inherited from this one). Returns (pipe end, process)."""
+    ctx = mp.get_context("spawn")
+    parent_end, child_end = ctx.Pipe()
+    process = ctx.Process(target=worker, args=(child_end, impl, setting, batch_size, args, measure_memory),
+                          daemon=True)
+    process.start()
+    return parent_end, process
+
+
 def peak_memory(impl: str, setting: str, batch_size: int, args) -> int:
     """Peak memory growth of a few training steps, in a fresh memory worker (see the module docstring)."""
-    parent_end, child_end = mp.get_context("spawn").Pipe()
-    process = mp.get_context("spawn").Process(target=worker, args=(child_end, impl, setting, batch_size, args, True))
-    process.start()
-    memory = parent_end.recv()
+    conn, process = start_worker(impl, setting, batch_size, args, measure_memory=True)
+    memory = conn.recv()
     process.join()
     return memory
 
@@ -249,13 +257,7 @@ def peak_memory(impl: str, setting: str, batch_size: int, args) -> int:
 # --------------------------------------------------------------------------------------------------
 def compare(impls: list[str], setting: str, batch_size: int, args) -> dict:
     """Median samples/s and peak memory per implementation, timed in alternating blocks."""
-    ctx = mp.get_context("spawn")
-    workers = {}
-    for impl in impls:
-        parent_end, child_end = ctx.Pipe()
-        process = ctx.Process(target=worker, args=(child_end, impl, setting, batch_size, args), daemon=True)
-        process.start()
-        workers[impl] = (parent_end, process)
+    workers = {impl: start_worker(impl, setting, batch_size, args) for impl in impls}
     num_params = {impl: conn.recv() for impl, (conn, _) in workers.items()}
     for conn, _ in workers.values():  # warm-up (allocator, oneDNN primitive caches, AdamW state, compile)
         conn.send(("run", args.warmup))

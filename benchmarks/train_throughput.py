@@ -63,8 +63,12 @@ STATE_DIM, ACTION_DIM = 16, 16
 #   bf16           bf16 autocast on CPU too (--bf16; always on for CUDA). Lower precision, unlike the rest
 #   models_from    import `models` from the --before folder instead of the repository: the code before a
 #                  change, timed in the same interleaved run
+#   reuse_memory   glibc malloc keeps freed memory (utils.allocator.reuse_freed_memory), as our training scripts
+#                  run on CPU; True unless said otherwise. "lerobot+reuse" is LeRobot given the same setting,
+#                  so ours / lerobot+reuse compares the model code alone.
 OUR_VARIANTS = {
     "ours": dict(frozen_bn=True, adamw="fused"),
+    "ours-reuse": dict(frozen_bn=True, adamw="fused", reuse_memory=False),
     "ours-before": dict(frozen_bn=True, adamw="default", models_from=True),
     "ours-plain": dict(frozen_bn=True, adamw="default"),
     "ours+cl": dict(frozen_bn=True, adamw="fused", channels_last=True),
@@ -194,6 +198,15 @@ def worker(conn, impl: str, setting: str, batch_size: int, args, measure_memory:
     Timing worker: serves ("run", n_steps) -> (wall s, CPU s) until ("stop",).
     Memory worker (measure_memory): runs warm-up + one block of steps and sends the peak memory growth.
     """
+    if impl.startswith("lerobot"):
+        reuse_memory = impl == "lerobot+reuse"
+    else:
+        reuse_memory = OUR_VARIANTS[impl].get("reuse_memory", True)
+    if reuse_memory and not measure_memory and args.device == "cpu":  # memory workers set malloc their own way
+        from utils.allocator import reuse_freed_memory  # only the allocator setting: no torch, no `datasets`
+
+        if not reuse_freed_memory():
+            print(f"warning: mallopt failed (not glibc?): {impl} runs with the default allocator")
     if measure_memory and args.device == "cpu":
         M_MMAP_THRESHOLD = -3  # from glibc's malloc.h; fixing it also turns off glibc's dynamic threshold
         if not ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 64 * 1024):
@@ -203,7 +216,7 @@ def worker(conn, impl: str, setting: str, batch_size: int, args, measure_memory:
     device = torch.device(args.device)
     num_cameras, image_size = SETTINGS[setting]
     raw = make_data(args, num_cameras, image_size, batch_size, device)
-    if impl == "lerobot":
+    if impl.startswith("lerobot"):
         policy, step = build_lerobot(args, num_cameras, image_size, raw, device)
     else:
         policy, step = build_ours(args, OUR_VARIANTS[impl], num_cameras, raw, device)
@@ -275,10 +288,16 @@ def compare(impls: list[str], setting: str, batch_size: int, args) -> dict:
     for conn, process in workers.values():
         conn.send(("stop",))
         process.join()
-    # One at a time, after the timing: a memory worker must not share the machine with a timed one.
+    # One at a time, after the timing: a memory worker must not share the machine with a timed one. Memory
+    # workers measure memory in use, whatever the allocator setting, so "x+reuse" and "x-reuse" share x's.
+    memory = {}
+    for impl in impls:
+        code = impl.removesuffix("+reuse").removesuffix("-reuse")
+        memory[impl] = memory.get(code) or peak_memory(code, setting, batch_size, args)
+        memory[code] = memory[impl]
     return {impl: {"rate": statistics.median(rates[impl]), "spread": (min(rates[impl]), max(rates[impl])),
                    "cpu_rate": statistics.median(cpu_rates[impl]), "params": num_params[impl],
-                   "memory": peak_memory(impl, setting, batch_size, args)}
+                   "memory": memory[impl]}
             for impl in impls}
 
 
@@ -348,14 +367,14 @@ def main():
           f"{args.vae_layers} latent={args.latent_dim} chunk={args.chunk_size} dropout={args.dropout}")
     print(f"median of {args.reps} blocks x {args.steps} steps after {args.warmup} warm-up steps\n")
 
-    header = (f"{'setting':8} {'batch':>5}  {'impl':12} {'samples/s':>9} {'(min-max)':>13} {'vs lerobot':>10} "
+    header = (f"{'setting':8} {'batch':>5}  {'impl':13} {'samples/s':>9} {'(min-max)':>13} {'vs lerobot':>10} "
               f"{'per CPU-s':>9} {'vs lerobot':>10} {'mem MiB':>8}")
     print(header)
     print("-" * len(header))
     results = {}
     for setting in args.settings:
         batch_size = args.state_batch if SETTINGS[setting][0] == 0 else args.image_batch
-        impls = ["ours", "lerobot"]
+        impls = ["ours", "lerobot", "lerobot+reuse"]
         if args.ablation:
             wanted = {"ours-before": args.before, "ours+compile": args.compile, "ours+bf16": args.bf16}
             impls += [v for v in OUR_VARIANTS if v != "ours" and wanted.get(v, True)
@@ -364,9 +383,11 @@ def main():
         peer = results[setting]["lerobot"]
         for impl, r in results[setting].items():
             spread = f"({r['spread'][0]:.1f}-{r['spread'][1]:.1f})"
-            print(f"{setting:8} {batch_size:5d}  {impl:12} {r['rate']:9.1f} {spread:>13} "
+            print(f"{setting:8} {batch_size:5d}  {impl:13} {r['rate']:9.1f} {spread:>13} "
                   f"{r['rate'] / peer['rate']:9.2f}x {r['cpu_rate']:9.1f} {r['cpu_rate'] / peer['cpu_rate']:9.2f}x "
                   f"{r['memory'] / 2**20:8.0f}", flush=True)
+        same_allocator = results[setting]["ours"]["rate"] / results[setting]["lerobot+reuse"]["rate"]
+        print(f"{setting:8} {batch_size:5d}  model code alone (ours / lerobot+reuse): {same_allocator:.2f}x")
 
     if "cam1_128" in results:
         batches_per_s = sampler_rate(args)

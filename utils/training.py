@@ -21,6 +21,7 @@ from tqdm import tqdm
 from datasets.replay_buffer import ChunkDataset, compute_stats, iterate_in_order, make_train_loader, split_episodes
 from models.act import ACT
 from models.policy import ACTPolicy
+from utils.allocator import reuse_freed_memory
 from utils.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from utils.config import Config, to_config
 from utils.evaluation import evaluate_policy
@@ -72,6 +73,7 @@ def start_run(cfg: Config) -> Run:
     started = time.time()
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
+    malloc_note = " (malloc reuses freed memory)" if device.type == "cpu" and reuse_freed_memory() else ""
     checkpoint = None
     if cfg.mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got '{cfg.mode}'")
@@ -93,7 +95,8 @@ def start_run(cfg: Config) -> Run:
                                                          "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
     wandb_id = checkpoint.get("wandb_id") if checkpoint and cfg.mode == "train" else None
     logger = RunLogger(ckpt_dir, name, cfg.to_dict(), cfg.wandb, wandb_id)
-    print(f"[run] {name} on {device}\n      checkpoints, metrics, curves: {ckpt_dir}\n      videos: {video_dir}")
+    print(f"[run] {name} on {device}{malloc_note}\n      checkpoints, metrics, curves: {ckpt_dir}\n"
+          f"      videos: {video_dir}")
     return Run(name, ckpt_dir, video_dir, device, logger, checkpoint, started)
 
 

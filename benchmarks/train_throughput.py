@@ -16,6 +16,10 @@ shown as its own ablation row). Differences that remain, all small and said out 
   * No gradient clipping on either side. On CUDA both run under bf16 autocast; on CPU both run in fp32
     (the --bf16 ablation row aside).
 
+Rows: "ours" runs as our training scripts do on CPU, with glibc's malloc reusing freed memory
+(utils/allocator.py); "lerobot" runs as LeRobot's do, with the default allocator; "lerobot+reuse" is LeRobot
+given our setting, so "ours / lerobot+reuse" (printed as "model code alone") compares the model code alone.
+
 Each implementation runs in its own process (own memory high-water mark; LeRobot's site-packages are
 seen only there). The parent alternates blocks of steps between them so that load from other jobs on
 the machine hits all alike, and reports the median over blocks of samples per wall-clock second and of

@@ -294,14 +294,15 @@ def compare(impls: list[str], setting: str, batch_size: int, args) -> dict:
         process.join()
     # One at a time, after the timing: a memory worker must not share the machine with a timed one. Memory
     # workers measure memory in use, whatever the allocator setting, so "x+reuse" and "x-reuse" share x's.
+    def model_code(impl: str) -> str:
+        return impl.removesuffix("+reuse").removesuffix("-reuse")
+
     memory = {}
-    for impl in impls:
-        code = impl.removesuffix("+reuse").removesuffix("-reuse")
-        memory[impl] = memory.get(code) or peak_memory(code, setting, batch_size, args)
-        memory[code] = memory[impl]
+    for code in dict.fromkeys(map(model_code, impls)):
+        memory[code] = peak_memory(code, setting, batch_size, args)
     return {impl: {"rate": statistics.median(rates[impl]), "spread": (min(rates[impl]), max(rates[impl])),
                    "cpu_rate": statistics.median(cpu_rates[impl]), "params": num_params[impl],
-                   "memory": memory[impl]}
+                   "memory": memory[model_code(impl)]}
             for impl in impls}
 
 

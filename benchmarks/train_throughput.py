@@ -196,25 +196,28 @@ def peak_rss_bytes() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
+def reuses_freed_memory(impl: str) -> bool:
+    """Whether a timing worker runs with utils.allocator.reuse_freed_memory (see OUR_VARIANTS)."""
+    if impl.startswith("lerobot"):
+        return impl == "lerobot+reuse"
+    return OUR_VARIANTS[impl].get("reuse_memory", True)
+
+
 def worker(conn, impl: str, setting: str, batch_size: int, args, measure_memory: bool = False):
     """Builds one implementation for one setting.
 
     Timing worker: serves ("run", n_steps) -> (wall s, CPU s) until ("stop",).
     Memory worker (measure_memory): runs warm-up + one block of steps and sends the peak memory growth.
     """
-    if impl.startswith("lerobot"):
-        reuse_memory = impl == "lerobot+reuse"
-    else:
-        reuse_memory = OUR_VARIANTS[impl].get("reuse_memory", True)
-    if reuse_memory and not measure_memory and args.device == "cpu":  # memory workers set malloc their own way
+    if args.device == "cpu" and measure_memory:
+        M_MMAP_THRESHOLD = -3  # from glibc's malloc.h; fixing it also turns off glibc's dynamic threshold
+        if not ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 64 * 1024):
+            print("warning: mallopt failed (not glibc?): memory figures include allocator caching")
+    elif args.device == "cpu" and reuses_freed_memory(impl):
         from utils.allocator import reuse_freed_memory  # only the allocator setting: no torch, no `datasets`
 
         if not reuse_freed_memory():
             print(f"warning: mallopt failed (not glibc?): {impl} runs with the default allocator")
-    if measure_memory and args.device == "cpu":
-        M_MMAP_THRESHOLD = -3  # from glibc's malloc.h; fixing it also turns off glibc's dynamic threshold
-        if not ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 64 * 1024):
-            print("warning: mallopt failed (not glibc?): memory figures include allocator caching")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -9,8 +9,8 @@ def reuse_freed_memory() -> bool:
     CPU tensors come from malloc, which maps every block above its mmap threshold (32 MiB at most) on its own
     and unmaps it on free, and trims free memory off the top of the heap. A training step then gets its large
     activations as fresh pages that the kernel zero-fills one 4 KiB fault at a time: tens of thousands of
-    faults per step, about a tenth of a CPU training step here (benchmarks/README.md). With mmap and trimming
-    off, freed blocks are reused. Process-wide; the resident size stays at its high-water mark, which every
+    faults per step. With mmap and trimming off, freed blocks are reused: CPU training steps ran 5-25% faster
+    here (benchmarks/README.md). Process-wide; the resident size stays at its high-water mark, which every
     training step reaches anyway. Returns False, changing nothing, where the C library is not glibc.
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)

@@ -175,18 +175,82 @@ def clip_action(env, action: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
+# Perturbed starts (scripted demos and the held-out evaluation starts)
+# --------------------------------------------------------------------------------------------------
+# BiGym resets DishwasherClose and DrawerTopOpen to the same state every episode. To make demos that
+# a policy must follow in closed loop, and to test it on starts it has not seen, a "perturbed start"
+# moves the robot and the task's articulated prop after BiGym's own reset. A start is one vector:
+#     [pelvis x, y, yaw, 10 arm joint positions, 2 grippers]  (= robot.qpos_actuated, 15 values)
+#     + the prop's normalised joint states listed in PROP_STARTS (0 closed, 1 open)
+# Scripted demos store it in their metadata's `reset_positions` (a field BiGym's recorder writes but leaves
+# all zeros), so re-simulation starts exactly where the recording did. Human demos keep all zeros: no change.
+BASE_OFFSET = np.array([0.05, 0.05, 0.1])  # pelvis x, y (m) and yaw (rad): uniform in +-
+ARM_JOINT_NOISE = 0.1  # rad, uniform in +- on each of the 10 arm joints
+PROP_STARTS = {  # task -> (attribute of the BiGym env holding the prop, (low, high) per prop joint)
+    "DishwasherClose": ("dishwasher", [(0.8, 1.0), (0.6, 1.0), (0.6, 1.0)]),  # door, bottom tray, middle tray
+    "DrawerTopOpen": ("cabinet_drawers", [(0.0, 0.0), (0.0, 0.0), (0.0, 0.3)]),  # bottom, middle, top drawer
+}
+ROBOT_START_SIZE = 15
+
+
+def sample_start(env, rng: np.random.Generator) -> np.ndarray:
+    """A perturbed start around the state BiGym's reset just put `env` in (see above for the layout)."""
+    robot_start = env.robot.qpos_actuated.astype(np.float64)  # (15,)
+    robot_start[:3] += rng.uniform(-BASE_OFFSET, BASE_OFFSET)
+    robot_start[3:13] += rng.uniform(-ARM_JOINT_NOISE, ARM_JOINT_NOISE, size=10)
+    _, ranges = PROP_STARTS.get(env.task_name, (None, []))
+    prop_start = [rng.uniform(low, high) for low, high in ranges]
+    return np.concatenate([robot_start, prop_start])
+
+
+def apply_start(env, start) -> None:
+    """Put the robot (joint positions and their controller targets) and the task's prop at `start`."""
+    import mujoco
+    from pyquaternion import Quaternion
+
+    start = np.asarray(start, dtype=np.float64)
+    physics, robot = env.mojo.physics, env.robot
+    x, y, yaw = start[:3]
+    robot.set_pose(np.array([x, y, 0.0]), Quaternion(axis=[0, 0, 1], angle=yaw).elements)
+    for actuator, value in zip(robot.limb_actuators, start[3:13]):
+        low, high = physics.bind(actuator).ctrlrange
+        value = np.clip(value, low, high)
+        physics.bind(actuator.joint).qpos = value
+        physics.bind(actuator.joint).qvel = 0
+        physics.bind(actuator).ctrl = value  # the arms hold this pose until the first action
+    if env.task_name in PROP_STARTS:
+        prop_name, ranges = PROP_STARTS[env.task_name]
+        prop_state = start[ROBOT_START_SIZE:]
+        if len(prop_state) != len(ranges):
+            raise ValueError(f"a {env.task_name} start needs {ROBOT_START_SIZE + len(ranges)} values, got {len(start)}")
+        prop = getattr(env, prop_name)
+        if prop_name == "dishwasher":
+            prop.set_state(*prop_state)
+        else:
+            prop.set_state(prop_state)
+    mujoco.mj_forward(env.mojo.model, env.mojo.data)
+
+
+def start_rng(seed: int) -> np.random.Generator:
+    """The perturbation's own random stream for episode `seed` (BiGym's reset draws from numpy's global one)."""
+    return np.random.default_rng([seed, 0x5EED])
+
+
+# --------------------------------------------------------------------------------------------------
 # The adapter
 # --------------------------------------------------------------------------------------------------
 class BiGymEnv:
     def __init__(self, env_id: str, num_envs: int, cameras: list[str], image_size: int, action_mode: str = "absolute",
                  control_frequency: int = 50, max_episode_steps: int = 1000, fast_rendering: bool = False,
-                 video_size: int = 192):
+                 video_size: int = 192, perturbed_starts: bool = False):
         """env_id: BiGym task (class name or snake_case). max_episode_steps counts control steps.
 
+        perturbed_starts: after BiGym's reset, move robot and prop to the perturbed start drawn for the
+        episode's seed (see sample_start); False evaluates on BiGym's own reset, the paper's protocol.
         video_size: side of each camera tile in render() frames.
         """
         self.num_envs, self.cameras = num_envs, list(cameras)
-        self.max_episode_steps = max_episode_steps
+        self.max_episode_steps, self.perturbed_starts = max_episode_steps, perturbed_starts
         self.envs = [make_bigym_env(env_id, self.cameras, image_size, action_mode, control_frequency, fast_rendering)
                      for _ in range(num_envs)]
         self.action_dim = self.envs[0].action_space.shape[0]
@@ -203,6 +267,8 @@ class BiGymEnv:
         observations = []
         for i, env in enumerate(self.envs):
             env.reset(seed=seed + i)  # BiGym seeds the task layout (and numpy's global RNG) from this
+            if self.perturbed_starts:
+                apply_start(env, sample_start(env, start_rng(seed + i)))
             observations.append(read_observation(env))
         return self._convert(observations)
 

@@ -1,0 +1,188 @@
+"""Scripted BiGym demonstrations: a motion per task computed from the simulator's state.
+
+BiGym's human demos (a release zip) cannot always be downloaded; these solvers make demonstrations offline.
+Each solver reads the scene (prop joints, handle and target poses, the robot's own pose) from MuJoCo,
+places hand waypoints relative to it, and reaches them with inverse kinematics on the robot model:
+
+    HandTarget(s)  --WholeBodyIK (damped least squares on arm joints + floating base x, y, yaw)-->  joint targets
+    joint targets  --ScriptedMotion (min-jerk interpolation, 500 Hz)-->  BiGym actions, stepped and recorded
+
+Actions are those of JointPositionActionMode(floating_base=True, absolute=True), the mode BiGym's own demos
+are recorded in: A = 15 = [pelvis dx, dy, dyaw (per physics step), 5 left arm joints, 5 right arm joints,
+left gripper, right gripper] (arm joints: shoulder pitch, roll, yaw, elbow, wrist; gripper 0 open, 1 closed).
+
+A solver only plans; whether the task was solved is decided by BiGym's own success check (see
+datasets/bigym_demos.py, which records the motion and keeps only solved demos). Solvers take a
+numpy Generator for timing and waypoint jitter, so the same start and seed give the same motion.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LEFT, RIGHT = "left", "right"
+SIDES = (LEFT, RIGHT)
+CONTROL_DT = 1 / 500  # BiGym's physics step; demos are recorded at this rate
+IK_EVERY = 10  # physics steps per IK solve (50 Hz); joint targets are interpolated in between
+
+
+@dataclass
+class HandTarget:
+    """Where one hand's site should be, in world coordinates.
+
+    site: "pinch" (between the fingertips, for grasping and pushing) or "wrist" (BiGym's hand position).
+    rotation: optional (3, 3) world orientation of the site; None leaves orientation free.
+    """
+    position: np.ndarray
+    rotation: np.ndarray | None = None
+    site: str = "pinch"
+
+
+def min_jerk(fraction: float) -> float:
+    """Smooth 0 -> 1 profile with zero velocity and acceleration at both ends."""
+    s = np.clip(fraction, 0.0, 1.0)
+    return float(10 * s**3 - 15 * s**4 + 6 * s**5)
+
+
+class WholeBodyIK:
+    """Inverse kinematics for the H1's two pinch sites over the arm joints and the floating base.
+
+    Works on a private MjData (the simulation is never touched): set a configuration, read the sites'
+    Jacobians with mj_jacSite, take damped-least-squares steps. The floating base (pelvis x, y, yaw) joins
+    the solve only when asked and at a cost (base_weight), so the arms do the work when they can reach.
+    """
+
+    def __init__(self, env, damping: float = 0.05, base_weight: float = 0.3):
+        import mujoco
+
+        self.mujoco = mujoco
+        self.model = env.mojo.model
+        self.data = mujoco.MjData(self.model)
+        physics = env.mojo.physics
+        joint_ids = [int(physics.bind(actuator).trnid[0]) for actuator in env.robot.limb_actuators]  # 10 arm joints
+        self.arm_joints = {LEFT: joint_ids[:5], RIGHT: joint_ids[5:]}
+        base_joints = [int(physics.bind(actuator).trnid[0]) for actuator in env.robot.floating_base.all_actuators]
+        self.base_joints = base_joints  # pelvis x, y, yaw
+        self.qpos_index = {j: int(self.model.jnt_qposadr[j]) for j in joint_ids + base_joints}
+        self.dof_index = {j: int(self.model.jnt_dofadr[j]) for j in joint_ids + base_joints}
+        grippers = {side: env.robot.grippers[_hand_side(side)] for side in SIDES}
+        self.site_ids = {(side, name): int(physics.bind(site.mjcf).element_id)
+                         for side, gripper in grippers.items()
+                         for name, site in (("pinch", gripper._pinch_site), ("wrist", gripper.wrist_site))}
+        self.damping, self.base_weight = damping, base_weight
+
+    def forward(self, qpos: np.ndarray) -> dict:
+        """Site poses {(side, site): (position (3,), rotation (3, 3))} at the full configuration qpos."""
+        self.data.qpos[:] = qpos
+        self.mujoco.mj_kinematics(self.model, self.data)
+        return {key: (self.data.site_xpos[i].copy(), self.data.site_xmat[i].reshape(3, 3).copy())
+                for key, i in self.site_ids.items()}
+
+    def solve(self, qpos: np.ndarray, targets: dict, use_base: bool = False, iterations: int = 20) -> np.ndarray:
+        """A configuration (full qpos) near `qpos` that puts each targeted pinch site on its HandTarget."""
+        mujoco, model, data = self.mujoco, self.model, self.data
+        joints = [j for side in targets for j in self.arm_joints[side]] + (self.base_joints if use_base else [])
+        dofs = np.array([self.dof_index[j] for j in joints])
+        weights = np.array([self.base_weight if j in self.base_joints else 1.0 for j in joints])
+        q = qpos.copy()
+        jac_pos, jac_rot = np.zeros((3, model.nv)), np.zeros((3, model.nv))
+        for _ in range(iterations):
+            data.qpos[:] = q
+            mujoco.mj_kinematics(model, data)
+            mujoco.mj_comPos(model, data)
+            errors, rows = [], []
+            for side, target in targets.items():
+                site = self.site_ids[side, target.site]
+                mujoco.mj_jacSite(model, data, jac_pos, jac_rot, site)
+                errors.append(target.position - data.site_xpos[site])
+                rows.append(jac_pos[:, dofs].copy())
+                if target.rotation is not None:
+                    # Rotation error as an axis-angle vector in the world frame (small-angle weighting 0.3 m/rad).
+                    current = data.site_xmat[site].reshape(3, 3)
+                    errors.append(0.3 * _rotation_error(target.rotation, current))
+                    rows.append(0.3 * jac_rot[:, dofs].copy())
+            error, jacobian = np.concatenate(errors), np.vstack(rows) * weights
+            if np.linalg.norm(error) < 1e-4:
+                break
+            # Damped least squares: dq = W J^T (J W J^T + lambda^2 I)^-1 e (W: per-joint weights, squared).
+            step = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + self.damping**2 * np.eye(len(error)), error)
+            step = np.clip(step * weights, -0.2, 0.2)
+            for j, dq in zip(joints, step):
+                index = self.qpos_index[j]
+                low, high = model.jnt_range[j] if model.jnt_limited[j] else (-np.inf, np.inf)
+                q[index] = np.clip(q[index] + dq, low, high)
+        return q
+
+
+def _hand_side(side: str):
+    from bigym.const import HandSide
+
+    return HandSide.LEFT if side == LEFT else HandSide.RIGHT
+
+
+def _rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Axis-angle vector (world frame) rotating `current` onto `target`."""
+    delta = target @ current.T
+    angle = np.arccos(np.clip((np.trace(delta) - 1) / 2, -1.0, 1.0))
+    if angle < 1e-6:
+        return np.zeros(3)
+    axis = np.array([delta[2, 1] - delta[1, 2], delta[0, 2] - delta[2, 0], delta[1, 0] - delta[0, 1]])
+    return axis * angle / (2 * np.sin(angle))
+
+
+class ScriptedMotion:
+    """Drives the robot through hand waypoints, one physics step (one recorded action) at a time.
+
+    step_fn(action) steps the environment (and records); the motion keeps its own commanded
+    configuration, so consecutive moves join smoothly whatever the tracking lag of the PD controllers.
+    """
+
+    def __init__(self, env, step_fn, rng: np.random.Generator, speed_jitter: float = 0.15):
+        self.env, self.step_fn, self.rng = env, step_fn, rng
+        self.ik = WholeBodyIK(env)
+        self.commanded = env.mojo.data.qpos.copy()  # the configuration the controllers are driven towards
+        self.sent = self.commanded  # the last configuration sent (base deltas are taken from it)
+        self.gripper = np.zeros(2)  # left, right: 0 open, 1 closed
+        self.speed_jitter = speed_jitter
+        self.arm_qpos = [self.ik.qpos_index[j] for side in SIDES for j in self.ik.arm_joints[side]]
+        self.base_qpos = [self.ik.qpos_index[j] for j in self.ik.base_joints]
+
+    def hand_pose(self, side: str, site: str = "pinch") -> tuple[np.ndarray, np.ndarray]:
+        """Commanded (position, rotation) of one hand's site."""
+        return self.ik.forward(self.commanded)[side, site]
+
+    def move(self, targets: dict, duration: float, use_base: bool = False, gripper=None):
+        """Move the targeted hands along min-jerk straight lines to their HandTargets in about `duration` s.
+
+        Hands not in `targets` hold their joints. gripper: optional (left, right) commands, set at the start.
+        """
+        duration *= 1 + self.rng.uniform(-self.speed_jitter, self.speed_jitter)
+        if gripper is not None:
+            self.gripper = np.asarray(gripper, dtype=float)
+        start = self.ik.forward(self.commanded)
+        steps = max(IK_EVERY, int(round(duration / CONTROL_DT)))
+        for tick in range(0, steps, IK_EVERY):
+            fraction = min_jerk((tick + IK_EVERY) / steps)
+            waypoint = {}
+            for side, target in targets.items():
+                origin = start[side, target.site][0]
+                waypoint[side] = HandTarget(origin + fraction * (target.position - origin), target.rotation, target.site)
+            goal = self.ik.solve(self.commanded, waypoint, use_base=use_base)
+            for sub in range(1, IK_EVERY + 1):
+                self._send(self.commanded + (goal - self.commanded) * sub / IK_EVERY)
+            self.commanded = goal
+
+    def hold(self, duration: float, gripper=None):
+        """Keep the commanded configuration (e.g. while the grippers close)."""
+        if gripper is not None:
+            self.gripper = np.asarray(gripper, dtype=float)
+        for _ in range(int(round(duration / CONTROL_DT))):
+            self._send(self.commanded)
+
+    def _send(self, qpos: np.ndarray):
+        """One physics step towards qpos: the base as a delta from the last command, arms absolute."""
+        base_delta = qpos[self.base_qpos] - self.sent[self.base_qpos]
+        self.sent = qpos
+        action = np.concatenate([base_delta, qpos[self.arm_qpos], self.gripper])
+        space = self.env.action_space
+        self.step_fn(np.clip(action, space.low, space.high).astype(np.float32))

@@ -12,7 +12,7 @@ buffer -> ACT policy -> training loop (validation on held-out demos, success rat
 checkpoints, videos) -> final evaluation.
 """
 
-from datasets.bigym_demos import load_bigym_demos
+from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, load_bigym_demos
 from env.bigym_env import BiGymEnv, resolve_task
 from utils.config import parse_args
 from utils.training import build_policy, evaluate_checkpoint, prepare_data, repo_path, start_run, train
@@ -21,16 +21,19 @@ DEFAULT_CONFIG = "configs/ACT_bigym_config.yaml"
 
 
 def load_episodes(cfg):
-    """The task's demos from BiGym's DemoStore (downloaded on first use), re-simulated for this config."""
+    """The task's demos through BiGym's DemoStore (human: downloaded on first use; scripted: made here when
+    missing), re-simulated for this config."""
+    cache_root = cfg.demo_cache_root or (SCRIPTED_DEMO_ROOT if cfg.demo_source == "scripted" else None)
     return load_bigym_demos(cfg.env_id, cfg.num_demos, cfg.cameras, cfg.image_size, cfg.action_mode,
                             cfg.control_frequency, cfg.fast_rendering,
-                            cache_root=repo_path(cfg.demo_cache_root) if cfg.demo_cache_root else None,
-                            episode_cache_dir=repo_path(cfg.episode_cache_dir) if cfg.episode_cache_dir else None)
+                            cache_root=repo_path(cache_root) if cache_root else None,
+                            episode_cache_dir=repo_path(cfg.episode_cache_dir) if cfg.episode_cache_dir else None,
+                            demo_source=cfg.demo_source)
 
 
 def make_env(cfg, num_envs: int) -> BiGymEnv:
     return BiGymEnv(cfg.env_id, num_envs, cfg.cameras, cfg.image_size, cfg.action_mode, cfg.control_frequency,
-                    cfg.max_episode_steps, cfg.fast_rendering)
+                    cfg.max_episode_steps, cfg.fast_rendering, perturbed_starts=cfg.perturbed_starts)
 
 
 def main():

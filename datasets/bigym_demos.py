@@ -18,19 +18,29 @@ Pipeline for one task:
 Output: a list of {"state": (T, S) float32, "actions": (T, A) float32, "images": (T, N, 3, H, W) uint8 (when
 cameras are set)}, the format datasets.replay_buffer.ChunkDataset takes.
 
-Offline use: unpack BiGym's demo release (see DEMO_URL) into <dir>/demonstrations/<DEMO_VERSION>/ and pass
-cache_root=<dir>; or record demos with BiGym's DemoRecorder and add them to a cache with
-`import_recorded_demos` (`record_scripted_demos` makes non-solving ones, to check the pipeline).
+Two demo sources, one loading path (steps 1-5 are the same for both):
+  - human (BiGym's release, above). Offline: unpack the release zip into <dir>/demonstrations/<DEMO_VERSION>/
+    and pass cache_root=<dir>.
+  - scripted (`make_scripted_demos`): our solvers (datasets/bigym_solvers.py) drive the robot from perturbed
+    starts while BiGym's DemoRecorder records, 500 Hz absolute joint positions with the floating base like the
+    human demos; only demos BiGym's success check calls solved are kept, in a DemoStore cache of their own
+    (default demos/bigym_scripted). Each stores its start in `reset_positions`, which step 4 re-applies.
+Demos recorded by other means with DemoRecorder are added to a cache with `import_recorded_demos`.
 """
 
 import os
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from env.bigym_env import (DEMO_FREQUENCY, camera_images, flatten_state, make_bigym_env, read_observation,
-                           resolve_task)
+from datasets.bigym_solvers import SOLVERS, ScriptedMotion
+from env.bigym_env import (DEMO_FREQUENCY, apply_start, camera_images, flatten_state, make_bigym_env,
+                           read_observation, resolve_task, sample_start, start_rng)
+
+SCRIPTED_DEMO_ROOT = "demos/bigym_scripted"  # default DemoStore root of scripted demos (relative to the repo)
 
 
 def demo_url() -> str:
@@ -55,8 +65,11 @@ def _lightweight_metadata(task_cls):
                                  obs_mode=ObservationMode.Lightweight, action_mode_absolute=True)
 
 
-def _open_store(cache_root):
-    """DemoStore rooted at cache_root (None: BiGym's default ~/.bigym), with its demos downloaded if needed."""
+def _open_store(cache_root, download: bool = True):
+    """DemoStore rooted at cache_root (None: BiGym's default ~/.bigym), with its demos downloaded if needed.
+
+    download=False (scripted demos): the cache is all there is; nothing is fetched.
+    """
     from demonstrations.demo_store import DemoStore
 
     store = DemoStore(Path(cache_root) if cache_root is not None else None)
@@ -66,6 +79,8 @@ def _open_store(cache_root):
         # An unpacked copy placed by hand lacks DemoStore's ".lock" marker; without it DemoStore would try
         # to download the release over it.
         store.cached = True
+    if not download:
+        return store
     store.pull_demos()  # no-op when cached; logs (does not raise) when the download fails
     if not store.cached:
         raise RuntimeError(
@@ -73,7 +88,9 @@ def _open_store(cache_root):
             f"{cache_path} holds no demos.\n"
             "  To provide demos offline, either\n"
             f"  - download that zip elsewhere, unzip it into <DIR>/demonstrations/{cache_path.name}/ and pass "
-            "cache_root=<DIR> (dataset.bigym_cache_root in the config), or\n"
+            "demo_cache_root=<DIR>, or\n"
+            "  - train on scripted demos made here by this project's solvers: demo_source=scripted (ReachTarget, "
+            "DishwasherClose, DrawerTopOpen; see scripts/make_bigym_demos.py), or\n"
             "  - record demos with BiGym's demonstrations.demo_recorder.DemoRecorder (500 Hz, absolute joint "
             "positions) and add them with datasets.bigym_demos.import_recorded_demos(<recorded dir>, <DIR>)."
         )
@@ -104,33 +121,80 @@ def import_recorded_demos(recorded_dir, cache_root) -> int:
     return len(files)
 
 
-def record_scripted_demos(task: str, seeds, raw_steps: int, out_dir) -> list[Path]:
-    """Record scripted demos with BiGym's DemoRecorder, for checking the pipeline without BiGym's release.
+def record_scripted_demo(env, solver, seed: int, recorder):
+    """One scripted demo from the perturbed start of `seed`, recorded by BiGym's DemoRecorder.
 
-    The arms swing around the reset pose while the grippers close: the task is NOT solved. Recorded like
-    BiGym's human demos (500 Hz, absolute joint positions, no cameras: observations are re-rendered later).
+    env: a raw BiGym env at 500 Hz in absolute joint positions. Returns the recorded Demo if BiGym's own
+    success check says the task is solved at the end, else None (the attempt is dropped).
+    """
+    env.reset(seed=seed)  # the recorder stores this seed: re-simulation lays the scene out the same way
+    start = sample_start(env, start_rng(seed))
+    apply_start(env, start)
+    recorder.record(env, lightweight_demo=True)  # actions only, like BiGym's release; observations re-rendered later
+    recorder.demo.metadata.environment_data.reset_positions = start.tolist()
+    motion = ScriptedMotion(env, lambda action: recorder.add_timestep(env.step(action), action),
+                            np.random.default_rng([seed, 1]))
+    solver(env, motion, motion.rng)
+    recorder.stop()
+    return recorder.demo if env.success else None
+
+
+def _recorded_seeds(store, task_cls) -> list[int]:
+    """Seeds of the demos already in the cache (read from their metadata headers)."""
+    from demonstrations.utils import Metadata
+
+    with warnings.catch_warnings():  # an empty cache is expected here; DemoStore warns about it
+        warnings.simplefilter("ignore", UserWarning)
+        paths = [p for p in store.list_demo_paths(_lightweight_metadata(task_cls)) if p.suffix == ".safetensors"]
+    return [Metadata.from_safetensors(p).seed for p in paths]
+
+
+def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int = 0,
+                        max_attempts: int | None = None) -> dict:
+    """Make scripted demos of `task` until `cache_root` holds num_demos of them (resumes after a kill).
+
+    Attempt i uses seed first_seed + i (BiGym's scene seed and the start perturbation's); evaluation seeds
+    (eval_seed, 1,000,000 and up by default) never meet them. Each solved demo is written to the DemoStore
+    cache as soon as it is recorded. Returns {"solved", "attempted", "seconds", "total"}.
     """
     from demonstrations.demo_recorder import DemoRecorder
+    from demonstrations.demo_store import DemoStore
 
+    task_cls = resolve_task(task)
+    task = task_cls.__name__
+    if task not in SOLVERS:
+        raise ValueError(f"no scripted solver for BiGym task '{task}'; solvers exist for {sorted(SOLVERS)}")
+    store = DemoStore(Path(cache_root))
+    done = _recorded_seeds(store, task_cls)
+    seed = max(done, default=first_seed - 1) + 1
+    max_attempts = max_attempts or 2 * num_demos + 10
+    summary = {"solved": 0, "attempted": 0, "seconds": 0.0, "total": len(done)}
+    if len(done) >= num_demos:
+        return summary
     env = make_bigym_env(task, cameras=[], image_size=1, action_mode="absolute", control_frequency=DEMO_FREQUENCY,
                          fast_rendering=False)
-    recorder = DemoRecorder(Path(out_dir))
-    low, high = env.action_space.low, env.action_space.high
-    paths = []
-    for seed in seeds:
-        env.reset(seed=int(seed))  # the recorder stores this seed, so re-simulation starts from the same scene
-        home = env.robot.qpos_actuated.copy()  # (15,) [pelvis x, y, rz, 10 arm joints, 2 grippers]
-        recorder.record(env)
-        for t in range(raw_steps):
-            action = np.zeros_like(low)  # pelvis deltas 0: the base stays put
-            action[3:-2] = home[3:-2] + 0.3 * np.sin(2 * np.pi * t / raw_steps)
-            action[-2:] = t / raw_steps
-            action = np.clip(action, low, high)
-            recorder.add_timestep(env.step(action), action)
-        recorder.stop()
-        paths.append(recorder.save_demo())
+    recorder = DemoRecorder()
+    started = time.time()
+    bar = tqdm(total=num_demos, initial=len(done), desc=f"scripted {task} demos", dynamic_ncols=True)
+    while summary["total"] < num_demos and summary["attempted"] < max_attempts:
+        demo = record_scripted_demo(env, SOLVERS[task], seed, recorder)
+        summary["attempted"] += 1
+        seed += 1
+        if demo is not None:
+            store.cache_demo(demo)
+            summary["solved"] += 1
+            summary["total"] += 1
+            bar.update(1)
+        bar.set_postfix(solved=f"{summary['solved']}/{summary['attempted']}")
+    bar.close()
     env.close()
-    return paths
+    summary["seconds"] = time.time() - started
+    print(f"[scripted demos] {task}: {summary['solved']} solved of {summary['attempted']} attempted in "
+          f"{summary['seconds']:.0f}s; {summary['total']} in {demo_cache_path(cache_root)}")
+    if summary["total"] < num_demos:
+        raise RuntimeError(f"only {summary['total']} of {num_demos} scripted {task} demos after {max_attempts} "
+                           f"attempts: the solver fails too often (see the summary above)")
+    return summary
 
 
 def _raw_demos(store, cache_root, task_cls, num_demos: int) -> list:
@@ -160,6 +224,9 @@ def _convert_actions(demo, action_mode: str, control_frequency: int, robot):
 def replay_demo(env, demo, cameras: list[str]) -> tuple[dict, bool]:
     """Step 4: re-simulate `demo` in `env`; returns (episode, success at the end)."""
     env.reset(seed=demo.seed)
+    start = demo.metadata.environment_data.reset_positions  # all zeros in human demos: BiGym's own reset
+    if np.any(start):
+        apply_start(env, start)
     obs = read_observation(env)  # the same reset observation evaluation starts from
     states, images, actions = [], [], []
     for timestep in demo.timesteps:
@@ -183,15 +250,22 @@ def _episode_cache_file(episode_cache_dir, task: str, uuid: str, cameras, image_
 
 def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: int, action_mode: str,
                      control_frequency: int, fast_rendering: bool, cache_root=None,
-                     episode_cache_dir=None) -> list[dict]:
+                     episode_cache_dir=None, demo_source: str = "human") -> list[dict]:
     """num_demos (-1: all) BiGym demos of `task` as episodes (see the module docstring).
 
-    cache_root: DemoStore cache root (None: ~/.bigym, downloading the release on first use).
+    demo_source: "human" (BiGym's release) or "scripted" (made here first when fewer than num_demos exist).
+    cache_root: DemoStore cache root (None: ~/.bigym for human demos, downloading the release on first use).
     episode_cache_dir: where converted episodes are kept (None: convert every time).
     """
     task_cls = resolve_task(task)
     task = task_cls.__name__
-    store = _open_store(cache_root)
+    if demo_source == "scripted":
+        if num_demos < 1:
+            raise ValueError(f"demo_source=scripted needs num_demos >= 1 (how many to make), got {num_demos}")
+        make_scripted_demos(task, num_demos, cache_root)
+    elif demo_source != "human":
+        raise ValueError(f"demo_source must be 'human' or 'scripted', got '{demo_source}'")
+    store = _open_store(cache_root, download=demo_source == "human")
     demos = _raw_demos(store, cache_root, task_cls, num_demos)
 
     episodes, env, successes = [], None, 0
@@ -218,6 +292,6 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
     if env is not None:
         env.close()
     # Decimated human demos replayed at a lower rate do not always reproduce success; report it.
-    print(f"[bigym demos] {task}: {len(episodes)} episodes, {successes} end in success after re-simulation "
-          f"at {control_frequency} Hz")
+    print(f"[bigym demos] {task} ({demo_source} demos): {len(episodes)} episodes, {successes} end in success after "
+          f"re-simulation at {control_frequency} Hz")
     return episodes

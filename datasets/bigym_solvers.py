@@ -186,3 +186,20 @@ class ScriptedMotion:
         action = np.concatenate([base_delta, qpos[self.arm_qpos], self.gripper])
         space = self.env.action_space
         self.step_fn(np.clip(action, space.low, space.high).astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------------------
+# Task solvers: solve_<task>(env, motion, rng) moves the robot; BiGym's success check judges the result.
+# --------------------------------------------------------------------------------------------------
+def solve_reach_target(env, motion: ScriptedMotion, rng: np.random.Generator):
+    """ReachTarget: bring the nearer wrist (BiGym measures the wrist site) onto the target sphere."""
+    target = env.targets[0].body.get_position()  # (3,) world; BiGym draws it +-0.1 m around (0.5, 0, 1)
+    side = min(SIDES, key=lambda s: np.linalg.norm(motion.hand_pose(s, "wrist")[0] - target))
+    goal = target + rng.uniform(-0.02, 0.02, size=3)  # inside BiGym's 0.1 m tolerance
+    motion.move({side: HandTarget(goal, site="wrist")}, duration=1.5, use_base=True)
+    motion.hold(0.4)
+
+
+SOLVERS = {  # BiGym task class name -> solver
+    "ReachTarget": solve_reach_target,
+}

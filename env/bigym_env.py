@@ -282,8 +282,9 @@ class BiGymEnv:
             successes.append(env.success)
         return self._convert(observations), np.asarray(rewards, np.float32), np.asarray(successes, bool)
 
-    def render(self) -> np.ndarray:
-        """(E, video_size, 3 * video_size, 3) uint8: head | left_wrist | right_wrist, same quality as observations."""
+    def render(self, count: int | None = None) -> np.ndarray:
+        """(count or E, video_size, 3 * video_size, 3) uint8 frames of the first environments:
+        head | left_wrist | right_wrist, same quality as observations. Only those are drawn (CPU rendering is slow)."""
         import mujoco
 
         if self._video_renderers is None:
@@ -295,7 +296,7 @@ class BiGymEnv:
                     renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
                 self._video_renderers.append(renderer)
         frames = []
-        for env, renderer in zip(self.envs, self._video_renderers):
+        for env, renderer in zip(self.envs[:count], self._video_renderers):
             camera_ids = {camera.mjcf.name: camera.id for camera in env.robot.cameras}
             tiles = []
             for name in ROBOT_CAMERAS:

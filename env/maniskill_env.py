@@ -93,11 +93,11 @@ class ManiSkillEnv:
                 success[index] = bool(info["final_info"][index]["success"])
         return self._convert(obs), to_np(reward).astype(np.float32), success
 
-    def render(self) -> np.ndarray:
-        """(E, H, W, 3) uint8 frames from the task's human-view camera."""
+    def render(self, count: int | None = None) -> np.ndarray:
+        """(count or E, H, W, 3) uint8 frames of the first environments, from the task's human-view camera."""
         if self.gpu:
-            return self.env.render().cpu().numpy()
-        return np.stack(self.env.call("render"))
+            return self.env.render().cpu().numpy()[:count]
+        return np.stack(self.env.call("render"))[:count]
 
     def close(self):
         self.env.close()

@@ -1,6 +1,6 @@
-"""BiGym end to end: record demos with BiGym's DemoRecorder (scripted) -> DemoStore cache -> episodes -> ACT -> rollout.
+"""BiGym end to end: scripted demos recorded by BiGym's DemoRecorder -> DemoStore cache -> episodes -> ACT -> rollout.
 
-Needs BiGym (scripts/install_bigym.sh); skipped without it. About a minute on 2 CPU cores.
+Needs BiGym (scripts/install_bigym.sh); skipped without it. About two minutes on 2 CPU cores.
 """
 
 import pytest
@@ -11,31 +11,82 @@ import imageio.v2 as imageio  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datasets.bigym_demos import import_recorded_demos, load_bigym_demos, record_scripted_demos  # noqa: E402
+from datasets.bigym_demos import (import_recorded_demos, load_bigym_demos, make_scripted_demos,  # noqa: E402
+                                  record_scripted_demo)
+from datasets.bigym_solvers import SOLVERS  # noqa: E402
 from datasets.replay_buffer import ChunkDataset, compute_stats  # noqa: E402
-from env.bigym_env import BiGymEnv, resolve_task, task_classes, to_snake_case  # noqa: E402
+from env.bigym_env import BiGymEnv, make_bigym_env, resolve_task, task_classes, to_snake_case  # noqa: E402
 from models.act import ACT  # noqa: E402
 from models.policy import ACTPolicy, ChunkedActionExecutor  # noqa: E402
 
-TASK = "DishwasherClose"
+TASK = "ReachTarget"  # the shortest scripted task (about 2 s): keeps rendering cheap
 CAMERAS = ["head", "left_wrist", "right_wrist"]
 IMAGE_SIZE = 64
 CONTROL_FREQUENCY = 50  # 10 physics steps per action
-RAW_STEPS = 300  # 0.6 s at 500 Hz -> 30 control steps per demo
-DEMO_SEEDS = (3, 4)
+NUM_DEMOS = 2  # made from seeds 0 and 1 (no failures expected; the solver is checked below)
 CHUNK = 8
 
 
 @pytest.fixture(scope="module")
 def demo_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bigym")
-    record_scripted_demos(TASK, DEMO_SEEDS, RAW_STEPS, root / "recorded")
-    assert import_recorded_demos(root / "recorded", root / "cache") == len(DEMO_SEEDS)
-    kwargs = dict(task="dishwasher_close", num_demos=len(DEMO_SEEDS), cameras=CAMERAS, image_size=IMAGE_SIZE,
+    kwargs = dict(task="reach_target", num_demos=NUM_DEMOS, cameras=CAMERAS, image_size=IMAGE_SIZE,
                   action_mode="absolute", control_frequency=CONTROL_FREQUENCY, fast_rendering=True,
-                  cache_root=root / "cache", episode_cache_dir=root / "episodes")
-    episodes = load_bigym_demos(**kwargs)
+                  cache_root=root / "cache", episode_cache_dir=root / "episodes", demo_source="scripted")
+    episodes = load_bigym_demos(**kwargs)  # makes the scripted demos first: the cache is empty
     return root, kwargs, episodes
+
+
+# --------------------------------------------------------------------------------------------------
+# Scripted demonstrations
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", sorted(SOLVERS))
+def test_solver_solves_perturbed_starts(task):
+    """Each solver, from two perturbed starts, ends with BiGym's own success check true (no cameras, 500 Hz)."""
+    from demonstrations.demo_recorder import DemoRecorder
+
+    env = make_bigym_env(task, [], 1, "absolute", 500, False)
+    demos = [record_scripted_demo(env, SOLVERS[task], seed, DemoRecorder()) for seed in (0, 1)]
+    env.close()
+    assert all(demo is not None for demo in demos), f"{task}: solver failed from a perturbed start"
+    for demo, seed in zip(demos, (0, 1)):
+        assert demo.seed == seed and np.any(demo.metadata.environment_data.reset_positions)
+        assert len(demo.timesteps) > 100
+
+
+def test_non_solving_demo_is_rejected():
+    from demonstrations.demo_recorder import DemoRecorder
+
+    def stand_still(env, motion, rng):
+        motion.hold(0.2)
+
+    env = make_bigym_env("DishwasherClose", [], 1, "absolute", 500, False)
+    assert record_scripted_demo(env, stand_still, seed=0, recorder=DemoRecorder()) is None
+    env.close()
+
+
+def test_import_recorded_demos(tmp_path):
+    """A DemoRecorder file from elsewhere joins a DemoStore cache and loads as a (human-source) demo."""
+    from demonstrations.demo_recorder import DemoRecorder
+
+    env = make_bigym_env(TASK, [], 1, "absolute", 500, False)
+    recorder = DemoRecorder(tmp_path / "recorded")
+    assert record_scripted_demo(env, SOLVERS[TASK], seed=5, recorder=recorder) is not None
+    recorder.save_demo()
+    env.close()
+    assert import_recorded_demos(tmp_path / "recorded", tmp_path / "cache") == 1
+    episodes = load_bigym_demos(TASK, 1, [], IMAGE_SIZE, "absolute", 25, True, cache_root=tmp_path / "cache")
+    assert len(episodes) == 1 and "images" not in episodes[0]
+
+
+def test_scripted_demos_resume(tmp_path):
+    """A second call with more demos asked for keeps the first ones and continues with new seeds."""
+    first = make_scripted_demos(TASK, 1, tmp_path)
+    second = make_scripted_demos(TASK, 2, tmp_path)
+    assert first["total"] == 1 and second["total"] == 2 and second["solved"] == 1
+    assert make_scripted_demos(TASK, 2, tmp_path)["attempted"] == 0  # enough already: nothing to do
+    with pytest.raises(ValueError, match="no scripted solver for BiGym task 'MovePlate'"):
+        make_scripted_demos("move_plate", 1, tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -66,7 +117,8 @@ def test_missing_demos_offline_error(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="To provide demos offline") as error:
         load_bigym_demos("DishwasherClose", 1, CAMERAS, IMAGE_SIZE, "absolute", CONTROL_FREQUENCY, True,
                          cache_root=tmp_path)
-    assert "demonstrations.zip" in str(error.value) and "import_recorded_demos" in str(error.value)
+    message = str(error.value)
+    assert "demonstrations.zip" in message and "demo_source=scripted" in message and "demo_cache_root" in message
 
 
 # --------------------------------------------------------------------------------------------------
@@ -74,15 +126,16 @@ def test_missing_demos_offline_error(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------------
 def test_episodes_format(demo_setup):
     root, kwargs, episodes = demo_setup
-    steps = RAW_STEPS * CONTROL_FREQUENCY // 500
-    assert len(episodes) == len(DEMO_SEEDS)
+    assert len(episodes) == NUM_DEMOS
     for ep in episodes:
+        steps = len(ep["actions"])
+        assert 50 < steps < 200  # about 2 s at 50 Hz
         assert ep["state"].shape == (steps, 66) and ep["state"].dtype == np.float32
         assert ep["actions"].shape == (steps, 15) and ep["actions"].dtype == np.float32
         assert ep["images"].shape == (steps, len(CAMERAS), 3, IMAGE_SIZE, IMAGE_SIZE)
         assert ep["images"].dtype == np.uint8 and ep["images"].std() > 0
-    # Decimation averages the absolute arm targets over each 10-step window: still a swing around home.
-    assert np.abs(episodes[0]["actions"][:, 3:13]).max() > 0.2
+        # The reach moves the arm a long way from its start (joint targets change by > 0.3 rad).
+        assert np.abs(ep["actions"][-1, 3:13] - ep["actions"][0, 3:13]).max() > 0.3
 
     # A second load reads the converted-episode cache and gives the same arrays.
     again = load_bigym_demos(**kwargs)
@@ -104,16 +157,22 @@ def test_delta_actions_state_only(demo_setup):
 
 
 def test_demo_start_matches_env_reset(demo_setup):
-    """Demo re-simulation and evaluation share reset, observation and rendering code: the first frames agree."""
+    """Re-simulation re-applies the recorded perturbed start: the first frames equal the perturbed evaluation
+    start of the same seed (shared reset, perturbation, observation and rendering code), and differ from
+    BiGym's own reset."""
     _, _, episodes = demo_setup
-    env = BiGymEnv(TASK, num_envs=1, cameras=CAMERAS, image_size=IMAGE_SIZE, action_mode="absolute",
-                   control_frequency=CONTROL_FREQUENCY, max_episode_steps=5, fast_rendering=True)
+    starts = {}
+    for perturbed in (True, False):
+        env = BiGymEnv(TASK, num_envs=1, cameras=CAMERAS, image_size=IMAGE_SIZE, action_mode="absolute",
+                       control_frequency=CONTROL_FREQUENCY, max_episode_steps=5, fast_rendering=True,
+                       perturbed_starts=perturbed)
+        starts[perturbed] = [env.reset(seed=seed) for seed in range(NUM_DEMOS)]
+        env.close()
     # Demo files are read in file-name (uuid) order, so match each episode to its seed by the first state.
-    starts = [env.reset(seed=seed) for seed in DEMO_SEEDS]
-    env.close()
     for ep in episodes:
         assert any(np.array_equal(ep["state"][0], s["state"][0]) and np.array_equal(ep["images"][0], s["images"][0])
-                   for s in starts)
+                   for s in starts[True])
+        assert not any(np.array_equal(ep["state"][0], s["state"][0]) for s in starts[False])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,7 +197,7 @@ def test_train_and_rollout(demo_setup, tmp_path):
         losses.append(out["loss"].item())
     assert all(np.isfinite(losses))
 
-    env = BiGymEnv("dishwasher_close", num_envs=1, cameras=CAMERAS, image_size=IMAGE_SIZE, action_mode="absolute",
+    env = BiGymEnv("reach_target", num_envs=1, cameras=CAMERAS, image_size=IMAGE_SIZE, action_mode="absolute",
                    control_frequency=CONTROL_FREQUENCY, max_episode_steps=6, fast_rendering=True, video_size=96)
     policy.eval()
     executor = ChunkedActionExecutor(CHUNK, temporal_ensemble=True)

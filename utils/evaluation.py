@@ -33,8 +33,9 @@ def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_
         # The frame stack starts filled with the first observation, as the dataset clamps at episode start.
         history = deque([obs] * frame_stack, maxlen=frame_stack)
         executor.reset()
-        record = video_dir is not None and len(videos) < num_video_episodes
-        frames = [env.render()] if record else []
+        num_record = min(env.num_envs, num_video_episodes - len(videos)) if video_dir is not None else 0
+        record = num_record > 0
+        frames = [env.render(num_record)] if record else []
         ever_success = np.zeros(env.num_envs, dtype=bool)
         first_success_step = np.full(env.num_envs, env.max_episode_steps)
         episode_return = np.zeros(env.num_envs)
@@ -52,14 +53,14 @@ def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_
             first_success_step[success & ~ever_success] = step + 1
             ever_success |= success
             if record:
-                frames.append(env.render())
+                frames.append(env.render(num_record))
         success_once += ever_success.tolist()
         success_at_end += success.tolist()
         returns += episode_return.tolist()
         lengths += first_success_step.tolist()
         if record:
-            frames = np.stack(frames, axis=1)  # (E, T+1, H, W, 3)
-            for env_index in range(min(env.num_envs, num_video_episodes - len(videos))):
+            frames = np.stack(frames, axis=1)  # (num_record, T+1, H, W, 3)
+            for env_index in range(num_record):
                 episode = round_index * env.num_envs + env_index
                 tag = "success" if ever_success[env_index] else "fail"
                 path = Path(video_dir) / f"{video_prefix}ep{episode:03d}_{tag}.mp4"

@@ -1,0 +1,35 @@
+"""Make scripted BiGym demonstrations offline with this project's solvers (datasets/bigym_solvers.py).
+
+    python scripts/make_bigym_demos.py --env-id DishwasherClose --num-demos 100
+    python scripts/make_bigym_demos.py --env-id ReachTarget --num-demos 100 --cache-root /data/bigym_scripted
+
+Each attempt starts from a perturbed start (seeded; robot base and arms, the task's door/drawer), the solver
+moves the robot from the simulator's state while BiGym's DemoRecorder records (500 Hz, absolute joint
+positions, floating base), and only demos BiGym's success check calls solved are kept. They land in a
+DemoStore cache (default demos/bigym_scripted), where `ACT_for_bigym.py demo_source=scripted` reads them;
+the training script also makes them itself when fewer than num_demos exist. A killed run resumes.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, make_scripted_demos  # noqa: E402
+from datasets.bigym_solvers import SOLVERS  # noqa: E402
+from utils.training import repo_path  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env-id", default="DishwasherClose", choices=sorted(SOLVERS))
+    parser.add_argument("--num-demos", type=int, default=100, help="how many solved demos the cache should hold")
+    parser.add_argument("--cache-root", default=SCRIPTED_DEMO_ROOT, help="DemoStore root (relative to the repo)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first attempt (then +1 per attempt)")
+    args = parser.parse_args()
+    make_scripted_demos(args.env_id, args.num_demos, repo_path(args.cache_root), first_seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()

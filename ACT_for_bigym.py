@@ -4,10 +4,12 @@
     python ACT_for_bigym.py                                                          # DishwasherClose, paper setting
     python ACT_for_bigym.py env_id=move_plate total_iters=5000                       # any key=value
     python ACT_for_bigym.py demo_cache_root=/data/bigym                              # demos unpacked offline
+    python ACT_for_bigym.py --config configs/ACT_bigym_cpu_config.yaml               # scripted demos, CPU-sized
     python ACT_for_bigym.py resume=ckpts/<run>/last.pt                               # continue a run
     python ACT_for_bigym.py mode=eval checkpoint=ckpts/<run>/best.pt                 # evaluate only
 
-The story: config -> demonstrations (BiGym's DemoStore, re-rendered for the configured cameras) -> replay
+The story: config -> demonstrations (BiGym's DemoStore: human demos, or scripted ones made here; re-rendered
+for the configured cameras) -> replay
 buffer -> ACT policy -> training loop (validation on held-out demos, success rate in the simulator,
 checkpoints, videos) -> final evaluation.
 """
@@ -28,12 +30,13 @@ def load_episodes(cfg):
                             cfg.control_frequency, cfg.fast_rendering,
                             cache_root=repo_path(cache_root) if cache_root else None,
                             episode_cache_dir=repo_path(cfg.episode_cache_dir) if cfg.episode_cache_dir else None,
-                            demo_source=cfg.demo_source)
+                            demo_source=cfg.demo_source, floating_dofs=cfg.floating_dofs)
 
 
 def make_env(cfg, num_envs: int) -> BiGymEnv:
     return BiGymEnv(cfg.env_id, num_envs, cfg.cameras, cfg.image_size, cfg.action_mode, cfg.control_frequency,
-                    cfg.max_episode_steps, cfg.fast_rendering, perturbed_starts=cfg.perturbed_starts)
+                    cfg.max_episode_steps, cfg.fast_rendering, perturbed_starts=cfg.perturbed_starts,
+                    floating_dofs=cfg.floating_dofs)
 
 
 def main():
@@ -53,8 +56,9 @@ def main():
 
     # 4. Train: validation loss, simulator success rate, checkpoints and videos along the way.
     final = train(cfg, run, policy, data, lambda n: make_env(cfg, n))
-    print(f"[done] {run.name}: final success rate {final.get('eval/success_once', float('nan')):.1%}; "
-          f"checkpoints and curves in {run.ckpt_dir}")
+    starts = "held-out perturbed starts" if cfg.perturbed_starts else "BiGym's own reset"
+    print(f"[done] {run.name}: final success rate {final.get('eval/success_once', float('nan')):.1%} on {starts} "
+          f"({cfg.demo_source} demos); checkpoints and curves in {run.ckpt_dir}")
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.bigym_solvers import SOLVERS, ScriptedMotion
-from env.bigym_env import (DEMO_FREQUENCY, apply_start, camera_images, flatten_state, make_bigym_env,
-                           read_observation, resolve_task, sample_start, start_rng)
+from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, apply_start, camera_images, flatten_state,
+                           make_bigym_env, read_observation, resolve_task, sample_start, start_rng)
 
 SCRIPTED_DEMO_ROOT = "demos/bigym_scripted"  # default DemoStore root of scripted demos (relative to the repo)
 
@@ -56,12 +56,14 @@ def demo_cache_path(cache_root) -> Path:
     return Path(cache_root if cache_root is not None else CACHE_PATH) / "demonstrations" / DEMO_VERSION
 
 
-def _lightweight_metadata(task_cls):
-    """Metadata naming the cache folder of the task's raw demos (always recorded in absolute joint positions)."""
-    from bigym.action_modes import JointPositionActionMode
+def _lightweight_metadata(task_cls, floating_dofs):
+    """Metadata naming the cache folder of the task's raw demos (always recorded in absolute joint positions;
+    BiGym keeps demos of each floating-base DOF set apart)."""
+    from bigym.action_modes import JointPositionActionMode, PelvisDof
     from demonstrations.utils import Metadata, ObservationMode
 
     return Metadata.from_env_cls(task_cls, JointPositionActionMode, floating_base=True,
+                                 floating_dofs=[PelvisDof(dof) for dof in floating_dofs],
                                  obs_mode=ObservationMode.Lightweight, action_mode_absolute=True)
 
 
@@ -139,18 +141,19 @@ def record_scripted_demo(env, solver, seed: int, recorder):
     return recorder.demo if env.success else None
 
 
-def _recorded_seeds(store, task_cls) -> list[int]:
+def _recorded_seeds(store, task_cls, floating_dofs) -> list[int]:
     """Seeds of the demos already in the cache (read from their metadata headers)."""
     from demonstrations.utils import Metadata
 
     with warnings.catch_warnings():  # an empty cache is expected here; DemoStore warns about it
         warnings.simplefilter("ignore", UserWarning)
-        paths = [p for p in store.list_demo_paths(_lightweight_metadata(task_cls)) if p.suffix == ".safetensors"]
+        paths = [p for p in store.list_demo_paths(_lightweight_metadata(task_cls, floating_dofs))
+                 if p.suffix == ".safetensors"]
     return [Metadata.from_safetensors(p).seed for p in paths]
 
 
 def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int = 0,
-                        max_attempts: int | None = None) -> dict:
+                        max_attempts: int | None = None, floating_dofs=DEFAULT_FLOATING_DOFS) -> dict:
     """Make scripted demos of `task` until `cache_root` holds num_demos of them (resumes after a kill).
 
     Attempt i uses seed first_seed + i (BiGym's scene seed and the start perturbation's); evaluation seeds
@@ -165,14 +168,14 @@ def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int =
     if task not in SOLVERS:
         raise ValueError(f"no scripted solver for BiGym task '{task}'; solvers exist for {sorted(SOLVERS)}")
     store = DemoStore(Path(cache_root))
-    done = _recorded_seeds(store, task_cls)
+    done = _recorded_seeds(store, task_cls, floating_dofs)
     seed = max(done, default=first_seed - 1) + 1
     max_attempts = max_attempts or 2 * num_demos + 10
     summary = {"solved": 0, "attempted": 0, "seconds": 0.0, "total": len(done)}
     if len(done) >= num_demos:
         return summary
     env = make_bigym_env(task, cameras=[], image_size=1, action_mode="absolute", control_frequency=DEMO_FREQUENCY,
-                         fast_rendering=False)
+                         fast_rendering=False, floating_dofs=floating_dofs)
     recorder = DemoRecorder()
     started = time.time()
     bar = tqdm(total=num_demos, initial=len(done), desc=f"scripted {task} demos", dynamic_ncols=True)
@@ -197,11 +200,11 @@ def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int =
     return summary
 
 
-def _raw_demos(store, cache_root, task_cls, num_demos: int) -> list:
+def _raw_demos(store, cache_root, task_cls, num_demos: int, floating_dofs) -> list:
     """The first num_demos (by file name, so a fixed selection; -1: all) 500 Hz lightweight demos of the task."""
     from demonstrations.demo import Demo
 
-    metadata = _lightweight_metadata(task_cls)
+    metadata = _lightweight_metadata(task_cls, floating_dofs)
     paths = sorted(p for p in store.list_demo_paths(metadata) if p.suffix == ".safetensors")
     if len(paths) < max(num_demos, 1):
         raise ValueError(f"{demo_cache_path(cache_root)}: {len(paths)} lightweight {task_cls.__name__} demos found "
@@ -250,7 +253,8 @@ def _episode_cache_file(episode_cache_dir, task: str, uuid: str, cameras, image_
 
 def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: int, action_mode: str,
                      control_frequency: int, fast_rendering: bool, cache_root=None,
-                     episode_cache_dir=None, demo_source: str = "human") -> list[dict]:
+                     episode_cache_dir=None, demo_source: str = "human",
+                     floating_dofs=DEFAULT_FLOATING_DOFS) -> list[dict]:
     """num_demos (-1: all) BiGym demos of `task` as episodes (see the module docstring).
 
     demo_source: "human" (BiGym's release) or "scripted" (made here first when fewer than num_demos exist).
@@ -262,11 +266,11 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
     if demo_source == "scripted":
         if num_demos < 1:
             raise ValueError(f"demo_source=scripted needs num_demos >= 1 (how many to make), got {num_demos}")
-        make_scripted_demos(task, num_demos, cache_root)
+        make_scripted_demos(task, num_demos, cache_root, floating_dofs=floating_dofs)
     elif demo_source != "human":
         raise ValueError(f"demo_source must be 'human' or 'scripted', got '{demo_source}'")
     store = _open_store(cache_root, download=demo_source == "human")
-    demos = _raw_demos(store, cache_root, task_cls, num_demos)
+    demos = _raw_demos(store, cache_root, task_cls, num_demos, floating_dofs)
 
     episodes, env, successes = [], None, 0
     for demo in tqdm(demos, desc=f"BiGym {task} demos -> episodes"):
@@ -280,7 +284,8 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
                     successes += int(data["success"])
                 continue
         if env is None:
-            env = make_bigym_env(task, cameras, image_size, action_mode, control_frequency, fast_rendering)
+            env = make_bigym_env(task, cameras, image_size, action_mode, control_frequency, fast_rendering,
+                                 floating_dofs)
         episode, success = replay_demo(env, _convert_actions(demo, action_mode, control_frequency, env.robot), cameras)
         episodes.append(episode)
         successes += int(success)

@@ -62,7 +62,8 @@ class WholeBodyIK:
         joint_ids = [int(physics.bind(actuator).trnid[0]) for actuator in env.robot.limb_actuators]  # 10 arm joints
         self.arm_joints = {LEFT: joint_ids[:5], RIGHT: joint_ids[5:]}
         base_joints = [int(physics.bind(actuator).trnid[0]) for actuator in env.robot.floating_base.all_actuators]
-        self.base_joints = base_joints  # pelvis x, y, yaw
+        self.base_joints = base_joints  # pelvis x, y, (z,) yaw
+        self.base_dofs = [self.model.joint(j).name.split("/")[-1] for j in base_joints]  # e.g. "pelvis_x"
         self.qpos_index = {j: int(self.model.jnt_qposadr[j]) for j in joint_ids + base_joints}
         self.dof_index = {j: int(self.model.jnt_dofadr[j]) for j in joint_ids + base_joints}
         grippers = {side: env.robot.grippers[_hand_side(side)] for side in SIDES}
@@ -200,6 +201,87 @@ def solve_reach_target(env, motion: ScriptedMotion, rng: np.random.Generator):
     motion.hold(0.4)
 
 
+
+def _subtree_geoms(model, body_id: int) -> list[int]:
+    """Collidable geoms of a body and all bodies below it."""
+    def below(body):
+        while body:
+            if body == body_id:
+                return True
+            body = model.body_parentid[body]
+        return False
+    return [g for g in range(model.ngeom) if model.geom_contype[g] and below(model.geom_bodyid[g])]
+
+
+def world_box(env, body) -> tuple[np.ndarray, np.ndarray]:
+    """World axis-aligned bounding box (low (3,), high (3,)) of a Mojo body's collidable geometry."""
+    model, data = env.mojo.model, env.mojo.data
+    corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
+    points = []
+    for g in _subtree_geoms(model, int(env.mojo.physics.bind(body.mjcf).element_id)):
+        center, half = model.geom_aabb[g][:3], model.geom_aabb[g][3:]
+        points.append(data.geom_xpos[g] + (center + corners * half) @ data.geom_xmat[g].reshape(3, 3).T)
+    points = np.concatenate(points)
+    return points.min(axis=0), points.max(axis=0)
+
+
+def solve_dishwasher_close(env, motion: ScriptedMotion, rng: np.random.Generator):
+    """DishwasherClose: push the middle and bottom trays home with the left hand, then swing the door up
+    about its hinge and push it shut. The robot faces the dishwasher along +x; trays close along +x.
+
+    Needs the pelvis height in the action (floating_dofs with pelvis_z): standing, the H1's hands reach no
+    lower than z ~0.64 m, while the bottom tray's top is at ~0.52 m and the open door at ~0.15-0.4 m.
+    """
+    if "pelvis_z" not in motion.ik.base_dofs:
+        raise ValueError(f"the DishwasherClose solver needs the pelvis height in the action (the robot must crouch "
+                         f"to reach the bottom tray and the open door), got floating base {motion.ik.base_dofs}: set "
+                         f"floating_dofs=[pelvis_x,pelvis_y,pelvis_z,pelvis_rz] (make_bigym_demos.py: --floating-dofs)")
+    import mujoco
+
+    dishwasher, hand = env.dishwasher, LEFT  # the left hand is on the dishwasher's side
+    mujoco.mj_kinematics(env.mojo.model, env.mojo.data)
+
+    def jitter():
+        return rng.uniform(-0.01, 0.01, size=3) * np.array([1, 1, 0.5])
+
+    def reach(position, duration):
+        motion.move({hand: HandTarget(np.asarray(position, dtype=float))}, duration, use_base=True)
+
+    def push_tray_home(tray, below_top: float):
+        """Pinch in front of the tray's front rim, then push it in by however far it is out."""
+        low, high = world_box(env, tray.body)
+        travel = float(env.mojo.physics.bind(tray.joint.mjcf).qpos.item())  # metres out of the dishwasher
+        height = high[2] - below_top
+        reach([low[0] - 0.07, lane, height + 0.06] + jitter(), 0.9)
+        reach([low[0] - 0.03, lane, height], 0.4)
+        reach([low[0] + travel - 0.004, lane, height], 1.0)
+
+    low, _ = world_box(env, dishwasher.tray_middle.body)
+    lane = max(low[1], -0.30) + 0.12  # y of the hand's path: inside the trays' width, near the robot's side
+    # 1-2. Trays: the middle one at standing height, then the bottom one crouching.
+    push_tray_home(dishwasher.tray_middle, below_top=0.03)
+    push_tray_home(dishwasher.tray_bottom, below_top=0.06)
+
+    # 3. Door: under its far edge, along an arc about the hinge (4 cm under the door's surface), then shut.
+    door_body = env.mojo.physics.bind(dishwasher.door.body.mjcf)
+    hinge = door_body.xpos.copy()
+    low, high = world_box(env, dishwasher.door.body)
+    radius = hinge[0] - low[0] - 0.06  # just inside the far edge
+    start_angle = np.arcsin(np.clip((high[2] - hinge[2]) / max(hinge[0] - low[0], 1e-3), -1, 1))
+    under = low[2] - 0.035
+    here = motion.hand_pose(hand)[0]
+    reach([low[0] - 0.08, lane, here[2]], 0.7)  # back out of the tray
+    reach([low[0] - 0.06, lane, under] + jitter(), 0.6)
+    reach([hinge[0] - radius, lane, under], 0.35)
+    for angle in np.linspace(max(start_angle, 0) + 0.25, np.pi / 2 - 0.15, 4):
+        reach([hinge[0] - radius * np.cos(angle), lane, hinge[2] + radius * np.sin(angle) - 0.04], 0.35)
+    # The closed door's outer face is ~4.5 cm in front of the hinge: push the pinch to there, then step back.
+    reach([hinge[0] - 0.045, lane, hinge[2] + 0.8 * radius], 0.5)
+    reach([hinge[0] - 0.15, lane, hinge[2] + 0.8 * radius], 0.35)
+    motion.hold(0.3)
+
+
 SOLVERS = {  # BiGym task class name -> solver
     "ReachTarget": solve_reach_target,
+    "DishwasherClose": solve_dishwasher_close,
 }

@@ -6,12 +6,14 @@ actions      <- (E, A) float32 numpy
 BiGym (github chernyadev/bigym, 4.1.0) simulates the Unitree H1 in MuJoCo. Defaults follow the BiGym paper:
 JointPositionActionMode(floating_base=True, absolute=True) -> A = 15
     [pelvis x, y, rz (always deltas), 10 arm joint targets, 2 grippers],
+or A = 16 with the pelvis height (floating_dofs [pelvis_x, pelvis_y, pelvis_z, pelvis_rz], the mode BiGym's
+recording tools default to; DishwasherClose needs it: the open door and bottom tray are below standing reach),
 cameras head / left_wrist / right_wrist. The E environments are E independent MuJoCo simulations stepped in
 a loop in this process (CPU; MuJoCo stepping is cheap, rendering dominates).
 
-State vector (S = 66 for H1 with a floating base), concatenated in this fixed order (STATE_KEYS):
+State vector (S = 66 for H1 with a floating base x, y, rz; 68 with z too), in this fixed order (STATE_KEYS):
     proprioception (58: 29 joint positions, 29 joint velocities), proprioception_grippers (2),
-    proprioception_floating_base (3), proprioception_floating_base_actions (3).
+    proprioception_floating_base (3 or 4), proprioception_floating_base_actions (3 or 4).
 The same functions build demo observations (datasets/bigym_demos.py), so training and evaluation agree.
 
 Observation after reset, checked on BiGym 4.1.0 / MuJoCo 3.1.5 (DishwasherClose): env.reset() returns the
@@ -52,6 +54,8 @@ STATE_KEYS = (
 )
 ROBOT_CAMERAS = ("head", "left_wrist", "right_wrist")
 ACTION_MODES = ("absolute", "delta")
+PELVIS_DOFS = ("pelvis_x", "pelvis_y", "pelvis_z", "pelvis_rz")  # BiGym's PelvisDof values
+DEFAULT_FLOATING_DOFS = ("pelvis_x", "pelvis_y", "pelvis_rz")  # BiGym's default (the paper's setting)
 DEMO_FREQUENCY = 500  # BiGym's physics rate, the rate its demos are recorded at
 
 
@@ -98,13 +102,17 @@ def resolve_task(name: str) -> type:
 # --------------------------------------------------------------------------------------------------
 # Building one BiGym environment (shared with the demo conversion)
 # --------------------------------------------------------------------------------------------------
-def make_action_mode(action_mode: str):
-    from bigym.action_modes import JointPositionActionMode
+def make_action_mode(action_mode: str, floating_dofs=DEFAULT_FLOATING_DOFS):
+    from bigym.action_modes import JointPositionActionMode, PelvisDof
 
     if action_mode not in ACTION_MODES:
         raise ValueError(f"action_mode must be one of {ACTION_MODES}, got '{action_mode}'")
-    # The floating base (pelvis x, y, rz) is delta-controlled in both modes; `absolute` covers the arms.
-    return JointPositionActionMode(floating_base=True, absolute=action_mode == "absolute")
+    unknown = [dof for dof in floating_dofs if dof not in PELVIS_DOFS]
+    if unknown or not floating_dofs:
+        raise ValueError(f"floating_dofs must be a non-empty list from {list(PELVIS_DOFS)}, got {list(floating_dofs)}")
+    # The floating base is delta-controlled in both modes; `absolute` covers the arms.
+    return JointPositionActionMode(floating_base=True, absolute=action_mode == "absolute",
+                                   floating_dofs=[PelvisDof(dof) for dof in floating_dofs])
 
 
 def _check_cameras(cameras: list[str]):
@@ -114,7 +122,7 @@ def _check_cameras(cameras: list[str]):
 
 
 def make_bigym_env(task: str, cameras: list[str], image_size: int, action_mode: str, control_frequency: int,
-                   fast_rendering: bool):
+                   fast_rendering: bool, floating_dofs=DEFAULT_FLOATING_DOFS):
     """One raw BiGym environment with RGB cameras at image_size x image_size and our renderer settings."""
     from bigym.bigym_env import CONTROL_FREQUENCY_MAX, CONTROL_FREQUENCY_MIN
     from bigym.utils.observation_config import CameraConfig, ObservationConfig
@@ -128,7 +136,7 @@ def make_bigym_env(task: str, cameras: list[str], image_size: int, action_mode: 
         cameras=[CameraConfig(name=name, rgb=True, depth=False, resolution=(image_size, image_size)) for name in cameras],
         proprioception=True,
     )
-    env = task_cls(action_mode=make_action_mode(action_mode), observation_config=observation_config,
+    env = task_cls(action_mode=make_action_mode(action_mode, floating_dofs), observation_config=observation_config,
                    control_frequency=control_frequency)
     if fast_rendering:
         set_fast_rendering(env)
@@ -180,24 +188,29 @@ def clip_action(env, action: np.ndarray) -> np.ndarray:
 # BiGym resets DishwasherClose and DrawerTopOpen to the same state every episode. To make demos that
 # a policy must follow in closed loop, and to test it on starts it has not seen, a "perturbed start"
 # moves the robot and the task's articulated prop after BiGym's own reset. A start is one vector:
-#     [pelvis x, y, yaw, 10 arm joint positions, 2 grippers]  (= robot.qpos_actuated, 15 values)
+#     [pelvis x, y, (z,) yaw, 10 arm joint positions, 2 grippers]  (= robot.qpos_actuated, 15 or 16 values)
 #     + the prop's normalised joint states listed in PROP_STARTS (0 closed, 1 open)
 # Scripted demos store it in their metadata's `reset_positions` (a field BiGym's recorder writes but leaves
 # all zeros), so re-simulation starts exactly where the recording did. Human demos keep all zeros: no change.
-BASE_OFFSET = np.array([0.05, 0.05, 0.1])  # pelvis x, y (m) and yaw (rad): uniform in +-
+BASE_OFFSET = {"pelvis_x": 0.05, "pelvis_y": 0.05, "pelvis_z": 0.0, "pelvis_rz": 0.1}  # m / rad, uniform in +-
 ARM_JOINT_NOISE = 0.1  # rad, uniform in +- on each of the 10 arm joints
 PROP_STARTS = {  # task -> (attribute of the BiGym env holding the prop, (low, high) per prop joint)
     "DishwasherClose": ("dishwasher", [(0.8, 1.0), (0.6, 1.0), (0.6, 1.0)]),  # door, bottom tray, middle tray
     "DrawerTopOpen": ("cabinet_drawers", [(0.0, 0.0), (0.0, 0.0), (0.0, 0.3)]),  # bottom, middle, top drawer
 }
-ROBOT_START_SIZE = 15
+
+
+def _base_dofs(env) -> list[str]:
+    """The floating base's joints in action order, as PelvisDof values (e.g. ['pelvis_x', 'pelvis_y', 'pelvis_rz'])."""
+    return sorted((dof.value for dof in env.action_mode.floating_dofs), key=PELVIS_DOFS.index)
 
 
 def sample_start(env, rng: np.random.Generator) -> np.ndarray:
     """A perturbed start around the state BiGym's reset just put `env` in (see above for the layout)."""
-    robot_start = env.robot.qpos_actuated.astype(np.float64)  # (15,)
-    robot_start[:3] += rng.uniform(-BASE_OFFSET, BASE_OFFSET)
-    robot_start[3:13] += rng.uniform(-ARM_JOINT_NOISE, ARM_JOINT_NOISE, size=10)
+    base_dofs = _base_dofs(env)
+    robot_start = env.robot.qpos_actuated.astype(np.float64)  # (15,) or (16,)
+    robot_start[:len(base_dofs)] += [rng.uniform(-BASE_OFFSET[dof], BASE_OFFSET[dof]) for dof in base_dofs]
+    robot_start[len(base_dofs):len(base_dofs) + 10] += rng.uniform(-ARM_JOINT_NOISE, ARM_JOINT_NOISE, size=10)
     _, ranges = PROP_STARTS.get(env.task_name, (None, []))
     prop_start = [rng.uniform(low, high) for low, high in ranges]
     return np.concatenate([robot_start, prop_start])
@@ -206,23 +219,25 @@ def sample_start(env, rng: np.random.Generator) -> np.ndarray:
 def apply_start(env, start) -> None:
     """Put the robot (joint positions and their controller targets) and the task's prop at `start`."""
     import mujoco
-    from pyquaternion import Quaternion
 
     start = np.asarray(start, dtype=np.float64)
     physics, robot = env.mojo.physics, env.robot
-    x, y, yaw = start[:3]
-    robot.set_pose(np.array([x, y, 0.0]), Quaternion(axis=[0, 0, 1], angle=yaw).elements)
-    for actuator, value in zip(robot.limb_actuators, start[3:13]):
-        low, high = physics.bind(actuator).ctrlrange
-        value = np.clip(value, low, high)
+    robot_size = len(robot.qpos_actuated)
+    # Floating base and arm joints are position-controlled: joint and controller target both move, so the
+    # robot holds the start until the first action (base actions are deltas added to these targets).
+    actuators = list(robot.floating_base.all_actuators) + list(robot.limb_actuators)
+    for actuator, value in zip(actuators, start[:len(actuators)]):
+        bound = physics.bind(actuator)
+        if bound.ctrllimited:
+            value = np.clip(value, *bound.ctrlrange)
         physics.bind(actuator.joint).qpos = value
         physics.bind(actuator.joint).qvel = 0
-        physics.bind(actuator).ctrl = value  # the arms hold this pose until the first action
+        bound.ctrl = value
     if env.task_name in PROP_STARTS:
         prop_name, ranges = PROP_STARTS[env.task_name]
-        prop_state = start[ROBOT_START_SIZE:]
+        prop_state = start[robot_size:]
         if len(prop_state) != len(ranges):
-            raise ValueError(f"a {env.task_name} start needs {ROBOT_START_SIZE + len(ranges)} values, got {len(start)}")
+            raise ValueError(f"a {env.task_name} start needs {robot_size + len(ranges)} values, got {len(start)}")
         prop = getattr(env, prop_name)
         if prop_name == "dishwasher":
             prop.set_state(*prop_state)
@@ -242,7 +257,7 @@ def start_rng(seed: int) -> np.random.Generator:
 class BiGymEnv:
     def __init__(self, env_id: str, num_envs: int, cameras: list[str], image_size: int, action_mode: str = "absolute",
                  control_frequency: int = 50, max_episode_steps: int = 1000, fast_rendering: bool = False,
-                 video_size: int = 192, perturbed_starts: bool = False):
+                 video_size: int = 192, perturbed_starts: bool = False, floating_dofs=DEFAULT_FLOATING_DOFS):
         """env_id: BiGym task (class name or snake_case). max_episode_steps counts control steps.
 
         perturbed_starts: after BiGym's reset, move robot and prop to the perturbed start drawn for the
@@ -251,8 +266,8 @@ class BiGymEnv:
         """
         self.num_envs, self.cameras = num_envs, list(cameras)
         self.max_episode_steps, self.perturbed_starts = max_episode_steps, perturbed_starts
-        self.envs = [make_bigym_env(env_id, self.cameras, image_size, action_mode, control_frequency, fast_rendering)
-                     for _ in range(num_envs)]
+        self.envs = [make_bigym_env(env_id, self.cameras, image_size, action_mode, control_frequency, fast_rendering,
+                                    floating_dofs) for _ in range(num_envs)]
         self.action_dim = self.envs[0].action_space.shape[0]
         self.fast_rendering, self.video_size = fast_rendering, video_size
         self._video_renderers = None  # made on the first render() call: evaluation without video never pays

@@ -15,7 +15,8 @@ from datasets.bigym_demos import (import_recorded_demos, load_bigym_demos, make_
                                   record_scripted_demo)
 from datasets.bigym_solvers import SOLVERS  # noqa: E402
 from datasets.replay_buffer import ChunkDataset, compute_stats  # noqa: E402
-from env.bigym_env import BiGymEnv, make_bigym_env, resolve_task, task_classes, to_snake_case  # noqa: E402
+from env.bigym_env import (DEFAULT_FLOATING_DOFS, BiGymEnv, make_bigym_env, resolve_task, task_classes,  # noqa: E402
+                           to_snake_case)
 from models.act import ACT  # noqa: E402
 from models.policy import ACTPolicy, ChunkedActionExecutor  # noqa: E402
 
@@ -40,18 +41,31 @@ def demo_setup(tmp_path_factory):
 # --------------------------------------------------------------------------------------------------
 # Scripted demonstrations
 # --------------------------------------------------------------------------------------------------
+WITH_PELVIS_Z = ("pelvis_x", "pelvis_y", "pelvis_z", "pelvis_rz")
+SOLVER_FLOATING_DOFS = {"DishwasherClose": WITH_PELVIS_Z}  # the others run with BiGym's default base joints
+
+
 @pytest.mark.parametrize("task", sorted(SOLVERS))
 def test_solver_solves_perturbed_starts(task):
     """Each solver, from two perturbed starts, ends with BiGym's own success check true (no cameras, 500 Hz)."""
     from demonstrations.demo_recorder import DemoRecorder
 
-    env = make_bigym_env(task, [], 1, "absolute", 500, False)
+    env = make_bigym_env(task, [], 1, "absolute", 500, False, SOLVER_FLOATING_DOFS.get(task, DEFAULT_FLOATING_DOFS))
     demos = [record_scripted_demo(env, SOLVERS[task], seed, DemoRecorder()) for seed in (0, 1)]
     env.close()
     assert all(demo is not None for demo in demos), f"{task}: solver failed from a perturbed start"
     for demo, seed in zip(demos, (0, 1)):
         assert demo.seed == seed and np.any(demo.metadata.environment_data.reset_positions)
         assert len(demo.timesteps) > 100
+
+
+def test_dishwasher_solver_without_pelvis_height_says_so():
+    from demonstrations.demo_recorder import DemoRecorder
+
+    env = make_bigym_env("DishwasherClose", [], 1, "absolute", 500, False)  # base x, y, yaw only
+    with pytest.raises(ValueError, match=r"floating_dofs=\[pelvis_x,pelvis_y,pelvis_z,pelvis_rz\]"):
+        record_scripted_demo(env, SOLVERS["DishwasherClose"], seed=0, recorder=DemoRecorder())
+    env.close()
 
 
 def test_non_solving_demo_is_rejected():

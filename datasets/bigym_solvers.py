@@ -127,8 +127,21 @@ def _rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
     angle = np.arccos(np.clip((np.trace(delta) - 1) / 2, -1.0, 1.0))
     if angle < 1e-6:
         return np.zeros(3)
+    if np.sin(angle) < 1e-6:  # a half turn: the axis comes from the symmetric part
+        return np.sqrt(np.clip((np.diag(delta) + 1) / 2, 0, None)) * angle
     axis = np.array([delta[2, 1] - delta[1, 2], delta[0, 2] - delta[2, 0], delta[1, 0] - delta[0, 1]])
     return axis * angle / (2 * np.sin(angle))
+
+
+def slerp(start: np.ndarray, end: np.ndarray, fraction: float) -> np.ndarray:
+    """The rotation `fraction` of the way from `start` to `end` along the shortest arc (Rodrigues' formula)."""
+    vector = fraction * _rotation_error(end, start)
+    angle = np.linalg.norm(vector)
+    if angle < 1e-10:
+        return start
+    k = vector / angle
+    skew = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return (np.eye(3) + np.sin(angle) * skew + (1 - np.cos(angle)) * skew @ skew) @ start
 
 
 class ScriptedMotion:
@@ -153,7 +166,8 @@ class ScriptedMotion:
         return self.ik.forward(self.commanded)[side, site]
 
     def move(self, targets: dict, duration: float, use_base: bool = False, gripper=None):
-        """Move the targeted hands along min-jerk straight lines to their HandTargets in about `duration` s.
+        """Move the targeted hands along min-jerk straight lines to their HandTargets in about `duration` s
+        (orientations, where given, turn along the shortest arc on the same profile).
 
         Hands not in `targets` hold their joints. gripper: optional (left, right) commands, set at the start.
         """
@@ -166,12 +180,24 @@ class ScriptedMotion:
             fraction = min_jerk((tick + IK_EVERY) / steps)
             waypoint = {}
             for side, target in targets.items():
-                origin = start[side, target.site][0]
-                waypoint[side] = HandTarget(origin + fraction * (target.position - origin), target.rotation, target.site)
+                origin, origin_rotation = start[side, target.site]
+                rotation = None if target.rotation is None else slerp(origin_rotation, target.rotation, fraction)
+                waypoint[side] = HandTarget(origin + fraction * (target.position - origin), rotation, target.site)
             goal = self.ik.solve(self.commanded, waypoint, use_base=use_base)
             for sub in range(1, IK_EVERY + 1):
                 self._send(self.commanded + (goal - self.commanded) * sub / IK_EVERY)
             self.commanded = goal
+
+    def move_joints(self, goal: np.ndarray, duration: float, gripper=None):
+        """Min-jerk move of the whole commanded configuration (arms and base) to `goal` (full qpos) in joint space."""
+        duration *= 1 + self.rng.uniform(-self.speed_jitter, self.speed_jitter)
+        if gripper is not None:
+            self.gripper = np.asarray(gripper, dtype=float)
+        start = self.commanded.copy()
+        steps = max(1, int(round(duration / CONTROL_DT)))
+        for step in range(1, steps + 1):
+            self._send(start + (goal - start) * min_jerk(step / steps))
+        self.commanded = goal.copy()
 
     def hold(self, duration: float, gripper=None):
         """Keep the commanded configuration (e.g. while the grippers close)."""
@@ -281,7 +307,86 @@ def solve_dishwasher_close(env, motion: ScriptedMotion, rng: np.random.Generator
     motion.hold(0.3)
 
 
+def top_drawer_geometry(env) -> dict:
+    """The top drawer's handle bar (world centre), opening axis (world), current opening and travel range (m)."""
+    model, data, physics = env.mojo.model, env.mojo.data, env.mojo.physics
+    joint = env.cabinet_drawers._joints[-1]  # BiGym's DrawerTopOpen checks the last drawer joint
+    joint_id = int(physics.bind(joint.mjcf).element_id)
+    drawer = int(model.jnt_bodyid[joint_id])
+    axis = data.xmat[drawer].reshape(3, 3) @ model.jnt_axis[joint_id]
+    # The bar: the largest collidable box on a body attached to the drawer (its handle).
+    boxes = [g for g in range(model.ngeom)
+             if model.geom_type[g] == mujoco_box() and model.geom_contype[g]
+             and model.body_parentid[model.geom_bodyid[g]] == drawer and model.geom_bodyid[g] != drawer]
+    bar = max(boxes, key=lambda g: model.geom_size[g][0])
+    return {"handle": data.geom_xpos[bar].copy(), "axis": axis / np.linalg.norm(axis),
+            "opening": float(data.qpos[model.jnt_qposadr[joint_id]]), "range": tuple(model.jnt_range[joint_id])}
+
+
+def mujoco_box() -> int:
+    import mujoco
+
+    return int(mujoco.mjtGeom.mjGEOM_BOX)
+
+
+def grasp_rotation(axis: np.ndarray, pitch: float) -> np.ndarray:
+    """Pinch-site orientation for a horizontal bar: fingers (site z) pointing into the drawer (against `axis`),
+    tilted `pitch` rad down; they close (site y) in the vertical plane through the axis, across the bar."""
+    forward = -np.array([axis[0], axis[1], 0.0])
+    forward /= np.linalg.norm(forward)
+    up = np.array([0.0, 0.0, 1.0])
+    approach = np.cos(pitch) * forward - np.sin(pitch) * up
+    close = np.sin(pitch) * forward + np.cos(pitch) * up
+    return np.column_stack([np.cross(close, approach), close, approach])
+
+
+def solve_drawer_top_open(env, motion: ScriptedMotion, rng: np.random.Generator):
+    """DrawerTopOpen: grasp the top drawer's handle bar with the right hand, pull it out, let go.
+
+    The H1's arms are short: a horizontal grasp cannot reach the handle height, so the fingers point 60 degrees
+    down and the robot walks up to the cabinet. The pre-grasp configuration is solved from a canonical seed (BiGym's
+    reset pose at a fixed stance relative to the handle) along a straight-line IK path traced without physics;
+    solving from the perturbed start instead picks other IK branches and stances whose legs hit the cabinets.
+    """
+    hand, ik = RIGHT, motion.ik
+    geometry = top_drawer_geometry(env)
+    axis, handle = geometry["axis"], geometry["handle"]
+    rotation = grasp_rotation(axis, pitch=np.radians(60))
+    approach = rotation[:, 2]  # where the fingers point
+    grasp = handle + rng.uniform(-0.002, 0.002, size=3)
+    pregrasp = handle - 0.10 * approach + rng.uniform(-0.01, 0.01, size=3) * np.array([1, 1, 0.5])
+    pulled = grasp + (geometry["range"][1] + 0.01 - geometry["opening"]) * axis  # 1 cm past the end of travel
+    retreat = pulled - 0.07 * approach
+
+    # Canonical seed: arms at zero, pelvis 0.81 m in front of the handle, facing it.
+    forward = -axis[:2] / np.linalg.norm(axis[:2])
+    x_index, y_index, yaw_index = (ik.qpos_index[ik.base_joints[ik.base_dofs.index(dof)]]
+                                   for dof in ("pelvis_x", "pelvis_y", "pelvis_rz"))
+    seed = motion.commanded.copy()
+    for joints in ik.arm_joints.values():
+        seed[[ik.qpos_index[j] for j in joints]] = 0.0
+    seed[[x_index, y_index]] = handle[:2] - 0.812 * forward
+    yaw_now, facing = motion.commanded[yaw_index], np.arctan2(forward[1], forward[0])
+    seed[yaw_index] = yaw_now + np.arctan2(np.sin(facing - yaw_now), np.cos(facing - yaw_now))
+    origin, origin_rotation = ik.forward(seed)[hand, "pinch"]
+    goal = seed
+    for fraction in np.linspace(0.02, 1.0, 50):
+        waypoint = HandTarget(origin + fraction * (pregrasp - origin), slerp(origin_rotation, rotation, fraction))
+        goal = ik.solve(goal, {hand: waypoint}, use_base=True)
+    for _ in range(3):
+        goal = ik.solve(goal, {hand: HandTarget(pregrasp, rotation)}, use_base=True)
+
+    motion.move_joints(goal, 2.0, gripper=(0.0, 0.3))  # partly closed: the far finger fits behind the bar
+    motion.move({hand: HandTarget(grasp, rotation)}, 0.7, use_base=True)
+    motion.hold(0.35, gripper=(0.0, 1.0))
+    motion.move({hand: HandTarget(pulled, rotation)}, 2.0, use_base=True)
+    motion.hold(0.25, gripper=(0.0, 0.6))  # open only a little: a wide opening pushes the drawer back
+    motion.move({hand: HandTarget(retreat, rotation)}, 0.6, gripper=(0.0, 0.0))
+    motion.hold(0.3)
+
+
 SOLVERS = {  # BiGym task class name -> solver
     "ReachTarget": solve_reach_target,
     "DishwasherClose": solve_dishwasher_close,
+    "DrawerTopOpen": solve_drawer_top_open,
 }

@@ -264,6 +264,8 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
     task_cls = resolve_task(task)
     task = task_cls.__name__
     if demo_source == "scripted":
+        if cache_root is None:
+            raise ValueError(f"demo_source=scripted needs a cache_root for the scripted demos (e.g. {SCRIPTED_DEMO_ROOT})")
         if num_demos < 1:
             raise ValueError(f"demo_source=scripted needs num_demos >= 1 (how many to make), got {num_demos}")
         make_scripted_demos(task, num_demos, cache_root, floating_dofs=floating_dofs)

@@ -4,12 +4,15 @@ BiGym's human demos (a release zip) cannot always be downloaded; these solvers m
 Each solver reads the scene (prop joints, handle and target poses, the robot's own pose) from MuJoCo,
 places hand waypoints relative to it, and reaches them with inverse kinematics on the robot model:
 
-    HandTarget(s)  --WholeBodyIK (damped least squares on arm joints + floating base x, y, yaw)-->  joint targets
+    HandTarget(s)  --WholeBodyIK (damped least squares on arm joints + floating base)-->  joint targets
     joint targets  --ScriptedMotion (min-jerk interpolation, 500 Hz)-->  BiGym actions, stepped and recorded
 
 Actions are those of JointPositionActionMode(floating_base=True, absolute=True), the mode BiGym's own demos
 are recorded in: A = 15 = [pelvis dx, dy, dyaw (per physics step), 5 left arm joints, 5 right arm joints,
-left gripper, right gripper] (arm joints: shoulder pitch, roll, yaw, elbow, wrist; gripper 0 open, 1 closed).
+left gripper, right gripper] (arm joints: shoulder pitch, roll, yaw, elbow, wrist; gripper 0 open, 1 closed);
+A = 16 with the pelvis height dz after dy (floating_dofs with pelvis_z, which DishwasherClose needs).
+
+Solvers (SOLVERS at the end): ReachTarget, DishwasherClose, DrawerTopOpen.
 
 A solver only plans; whether the task was solved is decided by BiGym's own success check (see
 datasets/bigym_demos.py, which records the motion and keeps only solved demos). Solvers take a
@@ -48,7 +51,7 @@ class WholeBodyIK:
     """Inverse kinematics for the H1's two pinch sites over the arm joints and the floating base.
 
     Works on a private MjData (the simulation is never touched): set a configuration, read the sites'
-    Jacobians with mj_jacSite, take damped-least-squares steps. The floating base (pelvis x, y, yaw) joins
+    Jacobians with mj_jacSite, take damped-least-squares steps. The floating base (pelvis x, y, (z,) yaw) joins
     the solve only when asked and at a cost (base_weight), so the arms do the work when they can reach.
     """
 
@@ -80,7 +83,7 @@ class WholeBodyIK:
                 for key, i in self.site_ids.items()}
 
     def solve(self, qpos: np.ndarray, targets: dict, use_base: bool = False, iterations: int = 20) -> np.ndarray:
-        """A configuration (full qpos) near `qpos` that puts each targeted pinch site on its HandTarget."""
+        """A configuration (full qpos) near `qpos` that puts each targeted site on its HandTarget."""
         mujoco, model, data = self.mujoco, self.model, self.data
         joints = [j for side in targets for j in self.arm_joints[side]] + (self.base_joints if use_base else [])
         dofs = np.array([self.dof_index[j] for j in joints])

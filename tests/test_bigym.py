@@ -59,6 +59,27 @@ def test_solver_solves_perturbed_starts(task):
         assert len(demo.timesteps) > 100
 
 
+def test_perturbed_starts_vary_within_bounds():
+    """Perturbed starts move base, arms and the dishwasher within their stated ranges, differently per seed,
+    and the same seed gives the same start; BiGym's own reset is identical every episode."""
+    env = BiGymEnv("DishwasherClose", num_envs=1, cameras=[], image_size=1, action_mode="absolute",
+                   control_frequency=25, max_episode_steps=1, perturbed_starts=True, floating_dofs=WITH_PELVIS_Z)
+    raw = env.envs[0]
+    starts = []
+    for seed in (0, 1, 0):
+        env.reset(seed=seed)
+        starts.append(np.concatenate([raw.robot.qpos_actuated, raw.dishwasher.get_state()]))
+    env.close()
+    np.testing.assert_allclose(starts[0], starts[2], atol=1e-6)
+    assert np.abs(starts[0] - starts[1]).max() > 0.01
+    for start in starts:
+        base_x, base_y, base_z, yaw = start[:4]  # BiGym's reset puts the pelvis at (0, -0.8), height 1, yaw 0
+        assert abs(base_x) <= 0.05 and abs(base_y + 0.8) <= 0.05 and abs(yaw) <= 0.1 and base_z == pytest.approx(1.0)
+        assert np.abs(start[4:14]).max() <= 0.1 + 1e-6  # arm joints around BiGym's all-zero pose
+        door, bottom, middle = start[-3:]
+        assert 0.8 - 1e-3 <= door <= 1 and 0.6 - 1e-3 <= bottom <= 1 and 0.6 - 1e-3 <= middle <= 1
+
+
 def test_dishwasher_solver_without_pelvis_height_says_so():
     from demonstrations.demo_recorder import DemoRecorder
 

@@ -301,4 +301,8 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
     # Decimated human demos replayed at a lower rate do not always reproduce success; report it.
     print(f"[bigym demos] {task} ({demo_source} demos): {len(episodes)} episodes, {successes} end in success after "
           f"re-simulation at {control_frequency} Hz")
+    if successes < 0.9 * len(episodes) and control_frequency < DEMO_FREQUENCY:
+        print(f"[bigym demos] WARNING: at {control_frequency} Hz the decimated actions of {len(episodes) - successes} "
+              f"demos no longer solve {task}; the policy imitates them as they are. A higher control_frequency "
+              f"(e.g. 50) keeps more of the recorded motion.")
     return episodes

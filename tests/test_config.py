@@ -48,3 +48,17 @@ def test_script_reports_config_errors():
     result = run_script("env_id=PickCub-v1", "wandb.mode=disabled")
     assert result.returncode != 0 and "unknown ManiSkill env_id 'PickCub-v1'" in result.stderr
     assert "PickCube-v1" in result.stderr
+
+
+def test_checkpoint_config_gains_keys_added_later(capsys):
+    """A checkpoint saved before a config key existed resumes / evaluates with that key's default."""
+    from utils.config import _with_new_keys, read_yaml
+
+    schema = read_yaml(REPO_ROOT / DEFAULT)
+    saved = {k: v for k, v in schema.items() if k != "seed"}
+    saved["model"] = {k: v for k, v in schema["model"].items() if k != "latent_dim"}
+    saved["total_iters"] = 7
+    merged = _with_new_keys(schema, saved, "old.pt")
+    assert merged["seed"] == schema["seed"] and merged["model"]["latent_dim"] == schema["model"]["latent_dim"]
+    assert merged["total_iters"] == 7  # what the checkpoint says still wins
+    assert "old.pt predates config key 'model.latent_dim'" in capsys.readouterr().out

@@ -142,6 +142,18 @@ def parse_args(default_config: str, description: str) -> Config:
         from utils.checkpoint import load_checkpoint
 
         schema = read_yaml(_find(default_config))
-        saved = load_checkpoint(source)["config"]
+        saved = _with_new_keys(schema, load_checkpoint(source)["config"], source)
         cfg = to_config(_apply_overrides(schema, saved, args.overrides))
     return cfg
+
+
+def _with_new_keys(schema: dict, saved: dict, source, prefix: str = "") -> dict:
+    """A checkpoint's config with keys added to the code since it was saved filled in from the defaults."""
+    merged = dict(saved)
+    for key, default in schema.items():
+        if key not in saved:
+            merged[key] = default
+            print(f"[config] {source} predates config key '{prefix}{key}': using its default {default!r}")
+        elif isinstance(default, dict) and isinstance(saved[key], dict):
+            merged[key] = _with_new_keys(default, saved[key], source, f"{prefix}{key}.")
+    return merged

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from datasets.bigym_solvers import SOLVERS, ScriptedMotion
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, apply_start, camera_images, flatten_state,
-                           make_bigym_env, read_observation, resolve_task, sample_start, start_rng)
+                           make_bigym_env, read_observation, reset_perturbed, resolve_task)
 
 SCRIPTED_DEMO_ROOT = "demos/bigym_scripted"  # default DemoStore root of scripted demos (relative to the repo)
 
@@ -129,9 +129,7 @@ def record_scripted_demo(env, solver, seed: int, recorder):
     env: a raw BiGym env at 500 Hz in absolute joint positions. Returns the recorded Demo if BiGym's own
     success check says the task is solved at the end, else None (the attempt is dropped).
     """
-    env.reset(seed=seed)  # the recorder stores this seed: re-simulation lays the scene out the same way
-    start = sample_start(env, start_rng(seed))
-    apply_start(env, start)
+    start = reset_perturbed(env, seed)  # the recorder stores the seed: re-simulation lays the scene out the same way
     recorder.record(env, lightweight_demo=True)  # actions only, like BiGym's release; observations re-rendered later
     recorder.demo.metadata.environment_data.reset_positions = start.tolist()
     motion = ScriptedMotion(env, lambda action: recorder.add_timestep(env.step(action), action),

@@ -312,6 +312,8 @@ def solve_dishwasher_close(env, motion: ScriptedMotion, rng: np.random.Generator
 
 def top_drawer_geometry(env) -> dict:
     """The top drawer's handle bar (world centre), opening axis (world), current opening and travel range (m)."""
+    import mujoco
+
     model, data, physics = env.mojo.model, env.mojo.data, env.mojo.physics
     joint = env.cabinet_drawers._joints[-1]  # BiGym's DrawerTopOpen checks the last drawer joint
     joint_id = int(physics.bind(joint.mjcf).element_id)
@@ -319,17 +321,11 @@ def top_drawer_geometry(env) -> dict:
     axis = data.xmat[drawer].reshape(3, 3) @ model.jnt_axis[joint_id]
     # The bar: the largest collidable box on a body attached to the drawer (its handle).
     boxes = [g for g in range(model.ngeom)
-             if model.geom_type[g] == mujoco_box() and model.geom_contype[g]
+             if model.geom_type[g] == mujoco.mjtGeom.mjGEOM_BOX and model.geom_contype[g]
              and model.body_parentid[model.geom_bodyid[g]] == drawer and model.geom_bodyid[g] != drawer]
     bar = max(boxes, key=lambda g: model.geom_size[g][0])
     return {"handle": data.geom_xpos[bar].copy(), "axis": axis / np.linalg.norm(axis),
             "opening": float(data.qpos[model.jnt_qposadr[joint_id]]), "range": tuple(model.jnt_range[joint_id])}
-
-
-def mujoco_box() -> int:
-    import mujoco
-
-    return int(mujoco.mjtGeom.mjGEOM_BOX)
 
 
 def grasp_rotation(axis: np.ndarray, pitch: float) -> np.ndarray:

@@ -251,6 +251,14 @@ def start_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, 0x5EED])
 
 
+def reset_perturbed(env, seed: int) -> np.ndarray:
+    """BiGym's reset for `seed`, then the perturbed start drawn for that seed. Returns the start vector."""
+    env.reset(seed=seed)  # BiGym seeds the task layout (and numpy's global RNG) from this
+    start = sample_start(env, start_rng(seed))
+    apply_start(env, start)
+    return start
+
+
 # --------------------------------------------------------------------------------------------------
 # The adapter
 # --------------------------------------------------------------------------------------------------
@@ -281,9 +289,10 @@ class BiGymEnv:
     def reset(self, seed: int) -> dict:
         observations = []
         for i, env in enumerate(self.envs):
-            env.reset(seed=seed + i)  # BiGym seeds the task layout (and numpy's global RNG) from this
             if self.perturbed_starts:
-                apply_start(env, sample_start(env, start_rng(seed + i)))
+                reset_perturbed(env, seed + i)
+            else:
+                env.reset(seed=seed + i)  # BiGym seeds the task layout (and numpy's global RNG) from this
             observations.append(read_observation(env))
         return self._convert(observations)
 

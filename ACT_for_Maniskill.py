@@ -13,8 +13,9 @@ held-out demos, success rate in the simulator, checkpoints, videos) -> final eva
 from datasets.maniskill_demos import default_demo_path, generate_demos, load_maniskill_demos
 from datasets.replay_buffer import infer_action_type
 from env.maniskill_env import ManiSkillEnv, check_env_id
-from utils.config import parse_args
-from utils.training import build_policy, evaluate_checkpoint, prepare_data, repo_path, start_run, train
+from utils.allocator import reuse_freed_memory
+from utils.config import parse_args, repo_path, run_main
+from utils.training import build_policy, evaluate_checkpoint, final_summary, prepare_data, start_run, train
 
 DEFAULT_CONFIG = "configs/ACT_maniskill_config.yaml"
 
@@ -36,9 +37,11 @@ def make_env(cfg, num_envs: int) -> ManiSkillEnv:
 
 def main():
     # 1. Config: YAML + key=value overrides (resume / eval start from the checkpoint's own config).
-    cfg = parse_args(DEFAULT_CONFIG, __doc__)
+    cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__)
     check_env_id(cfg.env_id)
-    run = start_run(cfg)
+    # CPU training steps run faster when glibc keeps freed memory for reuse (process-wide; utils/allocator.py).
+    reuse_freed_memory()
+    run = start_run(cfg, checkpoint)
     if cfg.mode == "eval":
         evaluate_checkpoint(cfg, run, lambda n: make_env(cfg, n))
         return
@@ -48,13 +51,12 @@ def main():
     data = prepare_data(cfg, load_episodes(cfg), action_type)
 
     # 3. Model: the ACT policy, sized by cfg.model, carrying the statistics.
-    policy = build_policy(cfg, data.shape_meta, data.stats)
+    policy = build_policy(cfg, data.shape_meta, data.stats, checkpoint)
 
     # 4. Train: validation loss, simulator success rate, checkpoints and videos along the way.
     final = train(cfg, run, policy, data, lambda n: make_env(cfg, n))
-    print(f"[done] {run.name}: final success rate {final.get('eval/success_once', float('nan')):.1%}; "
-          f"checkpoints and curves in {run.ckpt_dir}")
+    print(f"[done] {run.name}: {final_summary(final)}; checkpoints and curves in {run.ckpt_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

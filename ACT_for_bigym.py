@@ -16,8 +16,9 @@ checkpoints, videos) -> final evaluation.
 
 from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, load_bigym_demos
 from env.bigym_env import BiGymEnv, resolve_task
-from utils.config import parse_args
-from utils.training import build_policy, evaluate_checkpoint, prepare_data, repo_path, start_run, train
+from utils.allocator import reuse_freed_memory
+from utils.config import parse_args, repo_path, run_main
+from utils.training import build_policy, evaluate_checkpoint, final_summary, prepare_data, start_run, train
 
 DEFAULT_CONFIG = "configs/ACT_bigym_config.yaml"
 
@@ -41,9 +42,11 @@ def make_env(cfg, num_envs: int) -> BiGymEnv:
 
 def main():
     # 1. Config: YAML + key=value overrides (resume / eval start from the checkpoint's own config).
-    cfg = parse_args(DEFAULT_CONFIG, __doc__)
+    cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__)
     resolve_task(cfg.env_id)
-    run = start_run(cfg)
+    # CPU training steps run faster when glibc keeps freed memory for reuse (process-wide; utils/allocator.py).
+    reuse_freed_memory()
+    run = start_run(cfg, checkpoint)
     if cfg.mode == "eval":
         evaluate_checkpoint(cfg, run, lambda n: make_env(cfg, n))
         return
@@ -52,14 +55,14 @@ def main():
     data = prepare_data(cfg, load_episodes(cfg), action_type=cfg.action_mode)
 
     # 3. Model: the ACT policy, sized by cfg.model, carrying the statistics.
-    policy = build_policy(cfg, data.shape_meta, data.stats)
+    policy = build_policy(cfg, data.shape_meta, data.stats, checkpoint)
 
     # 4. Train: validation loss, simulator success rate, checkpoints and videos along the way.
     final = train(cfg, run, policy, data, lambda n: make_env(cfg, n))
     starts = "held-out perturbed starts" if cfg.perturbed_starts else "BiGym's own reset"
-    print(f"[done] {run.name}: final success rate {final.get('eval/success_once', float('nan')):.1%} on {starts} "
-          f"({cfg.demo_source} demos); checkpoints and curves in {run.ckpt_dir}")
+    print(f"[done] {run.name} ({cfg.demo_source} demos, evaluated on {starts}): {final_summary(final)}; "
+          f"checkpoints and curves in {run.ckpt_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

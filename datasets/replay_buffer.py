@@ -32,13 +32,26 @@ def split_episodes(num_episodes: int, val_fraction: float, seed: int):
     return sorted(order[num_val:].tolist()), sorted(order[:num_val].tolist())
 
 
-def compute_stats(episodes: list[dict], min_std: float = 1e-2) -> dict:
-    """Mean/std of state and actions over all steps; std is floored so constant dims do not blow up."""
+def compute_stats(episodes: list[dict], action_normalization: str = "mean_std", min_std: float = 1e-2) -> dict:
+    """Normalisation statistics from the training episodes: the model sees (x - mean) / std.
+
+    States always use mean/std. Actions use mean/std ("mean_std") or their range ("min_max", the BiGym
+    paper's baseline): then "action_mean" is the range's centre and "action_std" its half-width, so the
+    same formula maps every action dimension onto [-1, 1]. Scales are floored so constant dimensions do
+    not blow up.
+    """
     states = np.concatenate([ep["state"] for ep in episodes])
     actions = np.concatenate([ep["actions"] for ep in episodes])
+    if action_normalization == "mean_std":
+        action_center, action_scale = actions.mean(0), actions.std(0)
+    elif action_normalization == "min_max":
+        low, high = actions.min(0), actions.max(0)
+        action_center, action_scale = (high + low) / 2, (high - low) / 2
+    else:
+        raise ValueError(f"action_normalization must be 'mean_std' or 'min_max', got '{action_normalization}'")
     return {
         "state_mean": states.mean(0), "state_std": np.maximum(states.std(0), min_std),
-        "action_mean": actions.mean(0), "action_std": np.maximum(actions.std(0), min_std),
+        "action_mean": action_center, "action_std": np.maximum(action_scale, min_std),
     }
 
 
@@ -64,7 +77,6 @@ class ChunkDataset(torch.utils.data.Dataset):
         starts = ends - lengths
         self.episode_start = torch.from_numpy(np.repeat(starts, lengths))
         self.episode_last = torch.from_numpy(np.repeat(ends - 1, lengths))
-        self.num_episodes = len(episodes)
 
     def __len__(self):
         return len(self.actions)
@@ -108,8 +120,11 @@ class RandomBatchSampler(torch.utils.data.Sampler):
 def make_train_loader(dataset: ChunkDataset, batch_size: int, seed: int, num_workers: int, start_iter: int = 0):
     sampler = RandomBatchSampler(len(dataset), batch_size, seed, start_iter)
     # batch_size=None: the sampler yields whole index arrays and the dataset gathers them in one go.
+    # generator: the loader draws its worker base seed from this one, not from the global random state
+    # (a draw there would shift every dropout mask after a resume).
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
-                                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+                                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 def iterate_in_order(dataset: ChunkDataset, batch_size: int):

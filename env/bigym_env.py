@@ -38,13 +38,14 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import difflib  # noqa: E402
 import importlib  # noqa: E402
 import inspect  # noqa: E402
 import pkgutil  # noqa: E402
 import re  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from env.errors import UserInputError, did_you_mean  # noqa: E402
 
 STATE_KEYS = (
     "proprioception",
@@ -92,9 +93,8 @@ def resolve_task(name: str) -> type:
         return tasks[name]
     if name in by_snake:
         return by_snake[name]
-    close = difflib.get_close_matches(name, list(tasks) + list(by_snake), n=3, cutoff=0.5)
-    raise ValueError(
-        f"unknown BiGym task '{name}'." + (f" Did you mean: {', '.join(close)}?" if close else "")
+    raise UserInputError(
+        f"unknown BiGym task '{name}'." + did_you_mean(name, list(tasks) + list(by_snake), cutoff=0.5)
         + f" Valid tasks (class name or snake_case): {', '.join(sorted(tasks))}"
     )
 
@@ -106,10 +106,10 @@ def make_action_mode(action_mode: str, floating_dofs=DEFAULT_FLOATING_DOFS):
     from bigym.action_modes import JointPositionActionMode, PelvisDof
 
     if action_mode not in ACTION_MODES:
-        raise ValueError(f"action_mode must be one of {ACTION_MODES}, got '{action_mode}'")
+        raise UserInputError(f"action_mode must be one of {ACTION_MODES}, got '{action_mode}'")
     unknown = [dof for dof in floating_dofs if dof not in PELVIS_DOFS]
     if unknown or not floating_dofs:
-        raise ValueError(f"floating_dofs must be a non-empty list from {list(PELVIS_DOFS)}, got {list(floating_dofs)}")
+        raise UserInputError(f"floating_dofs must be a non-empty list from {list(PELVIS_DOFS)}, got {list(floating_dofs)}")
     # The floating base is delta-controlled in both modes; `absolute` covers the arms.
     return JointPositionActionMode(floating_base=True, absolute=action_mode == "absolute",
                                    floating_dofs=[PelvisDof(dof) for dof in floating_dofs])
@@ -118,7 +118,7 @@ def make_action_mode(action_mode: str, floating_dofs=DEFAULT_FLOATING_DOFS):
 def _check_cameras(cameras: list[str]):
     unknown = [c for c in cameras if c not in ROBOT_CAMERAS]
     if unknown:
-        raise ValueError(f"unknown BiGym camera(s) {unknown}; the H1 robot has {list(ROBOT_CAMERAS)}")
+        raise UserInputError(f"unknown BiGym camera(s) {unknown}; the H1 robot has {list(ROBOT_CAMERAS)}")
 
 
 def make_bigym_env(task: str, cameras: list[str], image_size: int, action_mode: str, control_frequency: int,
@@ -129,7 +129,7 @@ def make_bigym_env(task: str, cameras: list[str], image_size: int, action_mode: 
 
     _check_cameras(cameras)
     if not CONTROL_FREQUENCY_MIN <= control_frequency <= CONTROL_FREQUENCY_MAX or CONTROL_FREQUENCY_MAX % control_frequency:
-        raise ValueError(f"control_frequency must divide {CONTROL_FREQUENCY_MAX} and be >= {CONTROL_FREQUENCY_MIN} "
+        raise UserInputError(f"control_frequency must divide {CONTROL_FREQUENCY_MAX} and be >= {CONTROL_FREQUENCY_MIN} "
                          f"(e.g. 25 or 50 Hz), got {control_frequency}")
     task_cls = resolve_task(task)
     observation_config = ObservationConfig(

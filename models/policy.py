@@ -33,12 +33,23 @@ class ACTPolicy(nn.Module):
     def normalize_state(self, state):
         return (state - self.state_mean) / self.state_std
 
-    def forward(self, batch: dict) -> dict:
-        """Training/validation loss of a raw batch from datasets.ChunkDataset."""
+    def _model_inputs(self, batch: dict):
+        """Raw batch -> normalised (state, images, target chunk (B, K, A))."""
         state, images = self._flatten_frames(self.normalize_state(batch["state"]), batch.get("images"))
-        target = (batch["actions"] - self.action_mean) / self.action_std  # (B, K, A)
+        return state, images, (batch["actions"] - self.action_mean) / self.action_std
+
+    def forward(self, batch: dict) -> dict:
+        """Training loss of a raw batch from datasets.ChunkDataset (z from the style encoder's posterior)."""
+        state, images, target = self._model_inputs(batch)
         pred, (mu, logvar) = self.model(state, images, target, batch["is_pad"])
         return act_loss(pred, target, batch["is_pad"], mu, logvar, self.kl_weight)
+
+    @torch.no_grad()
+    def deployed_l1(self, batch: dict) -> torch.Tensor:
+        """Masked L1 of the chunk the policy predicts at rollout (z = 0; the target is only compared against)."""
+        state, images, target = self._model_inputs(batch)
+        pred, _ = self.model(state, images)
+        return act_loss(pred, target, batch["is_pad"], None, None, self.kl_weight)["l1"]
 
     @torch.no_grad()
     def predict_chunk(self, state, images=None):

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, make_scripted_demos  # noqa: E402
 from datasets.bigym_solvers import SOLVERS  # noqa: E402
 from env.bigym_env import DEFAULT_FLOATING_DOFS, PELVIS_DOFS  # noqa: E402
-from utils.training import repo_path  # noqa: E402
+from utils.config import repo_path  # noqa: E402
 
 
 def main():

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.maniskill_demos import (SUPPORTED_OBS_MODES, default_demo_path,  # noqa: E402
                                       generate_demos, motion_planning_solutions)
-from utils.training import repo_path  # noqa: E402
+from utils.config import repo_path  # noqa: E402
 
 
 def main():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.training import REPO_ROOT
+from utils.config import REPO_ROOT
 
 # Page faults per training step of an MLP whose activations (4096 x 2048 floats, 32 MiB) are each at glibc's
 # largest mmap threshold: the median over 7 steps after three warm-up steps.

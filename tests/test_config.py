@@ -3,8 +3,7 @@ import sys
 
 import pytest
 
-from utils.config import ConfigError, load_config
-from utils.training import REPO_ROOT
+from utils.config import REPO_ROOT, ConfigError, load_config
 
 DEFAULT = "configs/ACT_maniskill_config.yaml"
 
@@ -62,3 +61,25 @@ def test_checkpoint_config_gains_keys_added_later(capsys):
     assert merged["seed"] == schema["seed"] and merged["model"]["latent_dim"] == schema["model"]["latent_dim"]
     assert merged["total_iters"] == 7  # what the checkpoint says still wins
     assert "old.pt predates config key 'model.latent_dim'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["batch_size=-4"], "key 'batch_size' must be an integer >= 1, got -4"),
+    (["model.chunk_size=0"], "key 'model.chunk_size' must be an integer >= 1, got 0"),
+    (["val_fraction=1.5"], "key 'val_fraction' must be a fraction in [0, 1), got 1.5"),
+    (["model.nhead=3"], "model.d_model (256) must be divisible by model.nhead (3)"),
+    (["mode=eval"], "mode=eval needs checkpoint="),
+    (["resume=ckpts/no-such-run/last.pt"], "checkpoint not found"),
+])
+def test_user_mistakes_end_with_one_line_and_no_traceback(args, expected):
+    result = run_script(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and expected in result.stderr
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("total_iters: 10\nmodel: [d_model: 3\n")
+    result = run_script("--config", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{bad}: not valid YAML (line" in result.stderr

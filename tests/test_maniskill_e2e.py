@@ -1,13 +1,15 @@
 """The real entry script end to end on real demos: train, validate, evaluate, save, resume, eval-only."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from utils.training import REPO_ROOT
+from utils.config import REPO_ROOT
 
 
 def run_script(*overrides):
@@ -63,9 +65,10 @@ def test_resume_continues_at_the_saved_iteration(tiny_run):
 
 
 def test_eval_only_mode_reports_a_success_rate(tiny_run):
-    log = run_script(*tiny_run["common"], "mode=eval", f"checkpoint={tiny_run['run_dir'] / 'best.pt'}",
-                     "capture_video=false")
-    assert "[eval @ 30] success_once" in log and "over 2 episodes" in log
+    best = tiny_run["run_dir"] / "best.pt"
+    log = run_script(*tiny_run["common"], "mode=eval", f"checkpoint={best}", "capture_video=false")
+    iteration = torch.load(best, weights_only=False)["iteration"]
+    assert f"[eval @ {iteration}] success_once" in log and "over 2 episodes" in log
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_run, tmp_path):
@@ -78,3 +81,41 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_run, t
     assert result.returncode != 0
     assert "non-finite" in result.stderr and "last good checkpoint" in result.stderr
     assert (run_dir / "last.pt").read_bytes() == good
+
+
+def test_killed_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(pickcube_state_demos, tmp_path):
+    """kill -9 a run after its first checkpoint, resume from last.pt: the final weights, optimizer state and
+    logged losses equal those of the same run left alone. Evaluations in between must not shift the random
+    stream either (the resumed run builds its simulator at a different point)."""
+    common = [f"demo_path={pickcube_state_demos}", "num_demos=4", "val_fraction=0.25", "wandb.mode=disabled",
+              "batch_size=16", "warmup_iters=5", "model.d_model=32", "model.dim_feedforward=64",
+              "model.chunk_size=8", "max_episode_steps=10", "log_frequency=10", "num_eval_envs=1",
+              "num_eval_episodes=1", "capture_video=false", "total_iters=60", "save_frequency=20",
+              "val_frequency=20", "eval_frequency=20", "exp_name=exact"]
+    run_script(*common, f"ckpt_dir={tmp_path / 'alone'}")
+    killed = subprocess.Popen([sys.executable, "ACT_for_Maniskill.py", "--config", "configs/ACT_maniskill_state_config.yaml",
+                               *common, f"ckpt_dir={tmp_path / 'killed'}"], cwd=REPO_ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((tmp_path / "killed").glob("*/last.pt")) and killed.poll() is None:
+        assert time.time() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    (killed_dir,) = (tmp_path / "killed").iterdir()
+    resumed_from = torch.load(killed_dir / "last.pt", weights_only=False)["iteration"]
+    assert resumed_from in (20, 40)  # killed after the first checkpoint, before the end
+    log = run_script(*common, f"ckpt_dir={tmp_path / 'killed'}", f"resume={killed_dir / 'last.pt'}")
+    assert f"at iteration {resumed_from}" in log
+
+    (alone_dir,) = (tmp_path / "alone").iterdir()
+    alone, resumed = (torch.load(d / "last.pt", weights_only=False) for d in (alone_dir, killed_dir))
+    assert alone["iteration"] == resumed["iteration"] == 60
+    for name, tensor in alone["policy"].items():
+        assert torch.equal(tensor, resumed["policy"][name]), name
+    for state_a, state_b in zip(alone["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert all(torch.equal(state_a[key], state_b[key]) for key in state_a)
+    rows_a, rows_b = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                      for d in (alone_dir, killed_dir))
+    strip = lambda rows: [{k: v for k, v in row.items() if "/seconds" not in k and "_s" not in k} for row in rows]
+    assert strip(rows_a) == strip(rows_b)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from env.errors import UserInputError
+
 
 def save_checkpoint(path, payload: dict):
     path = Path(path)
@@ -21,14 +23,14 @@ def save_checkpoint(path, payload: dict):
 def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise UserInputError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise RuntimeError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise UserInputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     missing = {"policy", "config", "shape_meta", "iteration"} - set(payload)
     if missing:
-        raise KeyError(f"{path}: not an ACT_Implementation checkpoint (missing {sorted(missing)})")
+        raise UserInputError(f"{path}: not an ACT_Implementation checkpoint (missing {sorted(missing)})")
     return payload
 
 

@@ -7,10 +7,14 @@ and what was expected; misspelled keys get the closest valid names suggested.
 """
 
 import argparse
-import difflib
+import sys
 from pathlib import Path
 
 import yaml
+
+from env.errors import UserInputError, did_you_mean
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Config(dict):
@@ -29,7 +33,7 @@ class Config(dict):
         return {k: v.to_dict() if isinstance(v, Config) else v for k, v in self.items()}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     pass
 
 
@@ -44,7 +48,9 @@ def read_yaml(path) -> dict:
     try:
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML:\n{exc}") from exc
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
     return tree
@@ -83,10 +89,10 @@ def _set(schema: dict, tree: dict, dotted_key: str, value, source: str):
     for depth, part in enumerate(parts):
         if not isinstance(node_schema, dict) or part not in node_schema:
             valid = _dotted_keys(schema)
-            close = difflib.get_close_matches(dotted_key, valid, n=3, cutoff=0.6)
-            close += [k for k in valid if k.endswith("." + parts[-1]) and k not in close]
-            hint = f" Did you mean: {', '.join(close)}?" if close else " Valid top-level keys: " + ", ".join(schema)
-            raise ConfigError(f"{source}: unknown config key '{dotted_key}'.{hint}")
+            nested = [k for k in valid if k.endswith("." + parts[-1])]  # `d_model=` -> model.d_model
+            hint = f" Did you mean: {', '.join(nested)}?" if nested else did_you_mean(dotted_key, valid)
+            raise ConfigError(f"{source}: unknown config key '{dotted_key}'."
+                              + (hint or " Valid top-level keys: " + ", ".join(schema)))
         if depth == len(parts) - 1:
             if isinstance(node_schema[part], dict):
                 if not isinstance(value, dict):
@@ -99,7 +105,10 @@ def _set(schema: dict, tree: dict, dotted_key: str, value, source: str):
             node_schema, node = node_schema[part], node[part]
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+def repo_path(path) -> Path:
+    """Relative paths in configs are relative to the repository, wherever the script is started from."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def _find(path) -> Path:
@@ -117,19 +126,60 @@ def _apply_overrides(schema: dict, tree: dict, overrides) -> dict:
     return tree
 
 
+# Ranges the type check cannot express: (dotted key, test, what is expected). Keys absent from a
+# simulator's schema are skipped.
+VALUE_RULES = [
+    *[(key, lambda v: v >= 1, "an integer >= 1") for key in (
+        "total_iters", "batch_size", "log_frequency", "val_frequency", "eval_frequency", "save_frequency",
+        "num_eval_envs", "frame_stack", "max_episode_steps", "image_size", "control_frequency", "model.chunk_size",
+        "model.d_model", "model.nhead", "model.dim_feedforward", "model.num_encoder_layers",
+        "model.num_decoder_layers", "model.latent_dim")],
+    *[(key, lambda v: v >= 0, "an integer >= 0") for key in (
+        "warmup_iters", "num_workers", "num_eval_episodes", "num_video_episodes", "model.num_style_encoder_layers")],
+    *[(key, lambda v: v > 0, "a number > 0") for key in ("lr", "grad_clip")],
+    *[(key, lambda v: v >= 0, "a number >= 0") for key in ("lr_backbone", "weight_decay", "model.kl_weight")],
+    *[(key, lambda v: 0 <= v < 1, "a fraction in [0, 1)") for key in ("val_fraction", "ema_decay", "model.dropout")],
+    ("num_demos", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),
+    ("mode", lambda v: v in ("train", "eval"), "'train' or 'eval'"),
+    ("lr_schedule", lambda v: v in ("cosine", "constant"), "'cosine' or 'constant'"),
+    ("action_normalization", lambda v: v in ("mean_std", "min_max"), "'mean_std' or 'min_max'"),
+]
+
+
+def check_values(cfg: "Config", source: str = "config"):
+    """Stop on values of the right type but out of range, naming the key and what was expected."""
+    for key, is_valid, expected in VALUE_RULES:
+        node, parts = cfg, key.split(".")
+        for part in parts[:-1]:
+            node = node.get(part, {})
+        value = node.get(parts[-1])
+        if value is not None and not is_valid(value):
+            raise ConfigError(f"{source}: key '{key}' must be {expected}, got {value!r}")
+    if cfg.model.d_model % cfg.model.nhead:
+        raise ConfigError(f"{source}: model.d_model ({cfg.model.d_model}) must be divisible by model.nhead "
+                          f"({cfg.model.nhead})")
+    if cfg.mode == "eval" and not cfg.checkpoint:
+        raise ConfigError(f"{source}: mode=eval needs checkpoint=<path to a .pt file>")
+
+
 def load_config(default_path, config_path=None, overrides=()) -> Config:
-    """default config (schema) <- user config file <- `key=value` overrides."""
+    """default config (schema) <- user config file <- `key=value` overrides, range-checked."""
     schema = read_yaml(_find(default_path))
     tree = yaml.safe_load(yaml.safe_dump(schema))  # a deep copy to fill in
     if config_path and _find(config_path).resolve() != _find(default_path).resolve():
         for key, value in read_yaml(_find(config_path)).items():
             _set(schema, tree, key, value, source=str(config_path))
-    return to_config(_apply_overrides(schema, tree, overrides))
+    cfg = to_config(_apply_overrides(schema, tree, overrides))
+    check_values(cfg, source=str(config_path or default_path) + " + command line")
+    return cfg
 
 
-def parse_args(default_config: str, description: str) -> Config:
-    """Command line -> Config. `resume=` and `mode=eval checkpoint=` start from the checkpoint's own config,
-    so a run continues (or is evaluated) with the settings it was trained with; overrides still apply."""
+def parse_args(default_config: str, description: str) -> tuple[Config, dict | None]:
+    """Command line -> (Config, the checkpoint being resumed or evaluated, or None).
+
+    `resume=` and `mode=eval checkpoint=` start from the checkpoint's own config, so a run continues (or is
+    evaluated) with the settings it was trained with; overrides still apply. The checkpoint is read once here.
+    """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Any config key can be overridden with key=value, nested keys with "
                                             "dots: total_iters=1000 model.d_model=128 wandb.mode=disabled")
@@ -137,14 +187,17 @@ def parse_args(default_config: str, description: str) -> Config:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of config keys")
     args = parser.parse_args()
     cfg = load_config(default_config, args.config, args.overrides)
-    source = cfg.get("resume") or (cfg.get("checkpoint") if cfg.get("mode") == "eval" else None)
-    if source:
-        from utils.checkpoint import load_checkpoint
+    source = cfg.resume or (cfg.checkpoint if cfg.mode == "eval" else None)
+    if not source:
+        return cfg, None
+    from utils.checkpoint import load_checkpoint
 
-        schema = read_yaml(_find(default_config))
-        saved = _with_new_keys(schema, load_checkpoint(source)["config"], source)
-        cfg = to_config(_apply_overrides(schema, saved, args.overrides))
-    return cfg
+    checkpoint = load_checkpoint(repo_path(source))
+    schema = read_yaml(_find(default_config))
+    saved = _with_new_keys(schema, checkpoint["config"], source)
+    cfg = to_config(_apply_overrides(schema, saved, args.overrides))
+    check_values(cfg, source=f"{source} (its config) + command line")
+    return cfg, checkpoint
 
 
 def _with_new_keys(schema: dict, saved: dict, source, prefix: str = "") -> dict:
@@ -157,3 +210,13 @@ def _with_new_keys(schema: dict, saved: dict, source, prefix: str = "") -> dict:
         elif isinstance(default, dict) and isinstance(saved[key], dict):
             merged[key] = _with_new_keys(default, saved[key], source, f"{prefix}{key}.")
     return merged
+
+
+def run_main(main):
+    """Run an entry script's main(): a user mistake (UserInputError, e.g. a bad key, value or file) ends with
+    its one-line message and exit status 2; anything else is a bug and keeps its traceback."""
+    try:
+        main()
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -72,7 +72,7 @@ def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_
         "success_once": float(np.mean(success_once[:count])),
         "success_at_end": float(np.mean(success_at_end[:count])),
         "return": float(np.mean(returns[:count])),
-        "episode_len": float(np.mean(lengths[:count])),
+        "first_success_step": float(np.mean(lengths[:count])),  # max_episode_steps when never
         "num_episodes": count,
         "videos": videos,
     }

@@ -6,6 +6,8 @@ import netrc
 import os
 from pathlib import Path
 
+from env.errors import UserInputError
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -25,7 +27,7 @@ class RunLogger:
         self.wandb = None
         mode = wandb_cfg.mode
         if mode not in WANDB_MODES:
-            raise ValueError(f"wandb.mode must be one of {WANDB_MODES}, got '{mode}'")
+            raise UserInputError(f"wandb.mode must be one of {WANDB_MODES}, got '{mode}'")
         if mode == "auto":
             mode = "online" if _has_wandb_credentials() else "offline"
         if mode != "disabled":
@@ -34,7 +36,7 @@ class RunLogger:
             self.wandb = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, name=run_name,
                                     id=wandb_id, resume="allow", config=config, dir=str(self.run_dir), mode=mode)
             if mode == "offline":
-                print(f"[wandb] offline (no API key found). Upload later with: wandb sync {self.wandb.dir}/..")
+                print(f"[wandb] offline (no API key found). Upload later with: wandb sync {Path(self.wandb.dir).parent}")
         self.wandb_id = self.wandb.id if self.wandb else None
 
     def log(self, metrics: dict, iteration: int):

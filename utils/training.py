@@ -19,21 +19,13 @@ import yaml
 from tqdm import tqdm
 
 from datasets.replay_buffer import ChunkDataset, compute_stats, iterate_in_order, make_train_loader, split_episodes
+from env.errors import UserInputError
 from models.act import ACT
 from models.policy import ACTPolicy
-from utils.allocator import reuse_freed_memory
-from utils.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from utils.config import Config, to_config
+from utils.checkpoint import restore_rng_state, rng_state, save_checkpoint
+from utils.config import Config, repo_path, to_config
 from utils.evaluation import evaluate_policy
 from utils.logger import RunLogger
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def repo_path(path) -> Path:
-    """Relative paths in configs are relative to the repository, wherever the script is started from."""
-    path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -43,7 +35,7 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device='{name}' was asked for but CUDA is not available; use device=auto or cpu")
+        raise UserInputError(f"device='{name}' was asked for but CUDA is not available; use device=auto or cpu")
     return torch.device(name)
 
 
@@ -64,26 +56,18 @@ class Run:
     started: float  # time.time() at start-up: eval rows log the wall time since then as time/elapsed_s
 
 
-def start_run(cfg: Config) -> Run:
+def start_run(cfg: Config, checkpoint: dict | None) -> Run:
     """Seed, pick the device, name the run and open its folders and logger.
 
-    Resuming continues the checkpoint's run (same name and folders, same W&B run); evaluation-only
-    gets a fresh run named after the evaluated one.
+    `checkpoint` (from parse_args) is the one being resumed or evaluated. Resuming continues its run (same
+    name and folders, same W&B run); evaluation-only gets a fresh run named after the evaluated one.
     """
     started = time.time()
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
-    malloc_note = " (malloc reuses freed memory)" if device.type == "cpu" and reuse_freed_memory() else ""
-    checkpoint = None
-    if cfg.mode not in ("train", "eval"):
-        raise ValueError(f"mode must be 'train' or 'eval', got '{cfg.mode}'")
     if cfg.mode == "eval":
-        if not cfg.checkpoint:
-            raise ValueError("mode=eval needs checkpoint=<path to a .pt file>")
-        checkpoint = load_checkpoint(cfg.checkpoint)
         name = f"{checkpoint['run_name']}-eval-{time.strftime('%Y%m%d-%H%M%S')}"
-    elif cfg.resume:
-        checkpoint = load_checkpoint(cfg.resume)
+    elif checkpoint is not None:
         name = checkpoint["run_name"]
     else:
         name = f"{cfg.exp_name}-{cfg.env_id}-{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -95,8 +79,7 @@ def start_run(cfg: Config) -> Run:
                                                          "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
     wandb_id = checkpoint.get("wandb_id") if checkpoint and cfg.mode == "train" else None
     logger = RunLogger(ckpt_dir, name, cfg.to_dict(), cfg.wandb, wandb_id)
-    print(f"[run] {name} on {device}{malloc_note}\n      checkpoints, metrics, curves: {ckpt_dir}\n"
-          f"      videos: {video_dir}")
+    print(f"[run] {name} on {device}\n      checkpoints, metrics, curves: {ckpt_dir}\n      videos: {video_dir}")
     return Run(name, ckpt_dir, video_dir, device, logger, checkpoint, started)
 
 
@@ -123,26 +106,32 @@ def prepare_data(cfg: Config, episodes: list[dict], action_type: str) -> Trainin
         "action_dim": first["actions"].shape[1],
         "num_cameras": first["images"].shape[1] if "images" in first else 0,
         "image_channels": first["images"].shape[2] if "images" in first else 3,
-        "action_type": action_type,
     }
     print(f"[data] {len(train_ids)} training / {len(val_ids)} validation episodes, "
           f"{sum(len(e['actions']) for e in train_eps)} training samples, action type '{action_type}'")
     train_set = ChunkDataset(train_eps, cfg.model.chunk_size, action_type, cfg.frame_stack)
     val_set = (ChunkDataset([episodes[i] for i in val_ids], cfg.model.chunk_size, action_type, cfg.frame_stack)
                if val_ids else None)
-    return TrainingData(train_set, val_set, compute_stats(train_eps), shape_meta, train_ids, val_ids)
+    stats = compute_stats(train_eps, cfg.action_normalization)
+    return TrainingData(train_set, val_set, stats, shape_meta, train_ids, val_ids)
 
 
-def build_policy(cfg: Config, shape_meta: dict, stats: dict, frozen_batchnorm: bool | None = None) -> ACTPolicy:
-    """ACT sized by cfg.model; stacked frames enter as a longer state vector and extra camera images."""
+def build_policy(cfg: Config, shape_meta: dict, stats: dict, checkpoint: dict | None = None) -> ACTPolicy:
+    """ACT sized by cfg.model; stacked frames enter as a longer state vector and extra camera images.
+
+    With a checkpoint (resume, eval) the backbone is built as the checkpoint records it (frozen or trainable
+    BatchNorm), not by whether ImageNet weights happen to be available on this machine: the saved weights
+    replace the initial ones anyway, and a different layer type would not load.
+    """
     m, frames = cfg.model, cfg.frame_stack
+    frozen_batchnorm = checkpoint["shape_meta"]["frozen_batchnorm"] if checkpoint else None
     model = ACT(
         state_dim=shape_meta["state_dim"] * frames, action_dim=shape_meta["action_dim"],
         num_cameras=shape_meta["num_cameras"] * frames, image_channels=shape_meta["image_channels"],
         chunk_size=m.chunk_size, d_model=m.d_model, nhead=m.nhead, dim_feedforward=m.dim_feedforward,
         num_encoder_layers=m.num_encoder_layers, num_decoder_layers=m.num_decoder_layers,
         num_style_encoder_layers=m.num_style_encoder_layers, dropout=m.dropout, latent_dim=m.latent_dim,
-        use_cvae=m.use_cvae, pretrained_backbone=m.pretrained_backbone and frozen_batchnorm is None,
+        use_cvae=m.use_cvae, pretrained_backbone=m.pretrained_backbone and checkpoint is None,
         pretrained_weights_path=m.pretrained_weights_path, frozen_batchnorm=frozen_batchnorm,
     )
     policy = ACTPolicy(model, stats, m.kl_weight)
@@ -150,15 +139,24 @@ def build_policy(cfg: Config, shape_meta: dict, stats: dict, frozen_batchnorm: b
     return policy
 
 
-def policy_from_checkpoint(checkpoint: dict, device) -> ACTPolicy:
+def load_weights(policy: ACTPolicy, state_dict: dict, source: str):
+    """Checkpoint weights into a policy built from the config; a mismatch is a config mistake, said as one."""
+    try:
+        policy.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise UserInputError(f"{source}: its weights do not fit the model the config describes (was a model.* "
+                             f"key overridden?): {str(exc).splitlines()[1].strip()}") from None
+
+
+def policy_from_checkpoint(checkpoint: dict, device, source: str = "checkpoint") -> ACTPolicy:
     """Rebuild the policy exactly as it was saved (its own config), weights and normalisation included."""
     cfg = to_config(checkpoint["config"])
     meta = checkpoint["shape_meta"]
     # Placeholder statistics of the right size; the real ones are buffers in the saved state dict.
     placeholder = {"state_mean": np.zeros(meta["state_dim"]), "state_std": np.ones(meta["state_dim"]),
                    "action_mean": np.zeros(meta["action_dim"]), "action_std": np.ones(meta["action_dim"])}
-    policy = build_policy(cfg, meta, placeholder, frozen_batchnorm=meta["frozen_batchnorm"])
-    policy.load_state_dict(checkpoint["ema"] or checkpoint["policy"])
+    policy = build_policy(cfg, meta, placeholder, checkpoint)
+    load_weights(policy, checkpoint["ema"] or checkpoint["policy"], source)
     return policy.to(device)
 
 
@@ -175,10 +173,12 @@ def build_optimizer(cfg: Config, policy: ACTPolicy) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=True)
 
 
-def build_scheduler(cfg: Config, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over warmup_iters, then constant or cosine decay to zero at total_iters."""
-    if cfg.lr_schedule not in ("cosine", "constant"):
-        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got '{cfg.lr_schedule}'")
+def build_scheduler(cfg: Config, optimizer, start_iter: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over warmup_iters, then constant or cosine decay to zero at total_iters.
+
+    The schedule is a pure function of the iteration, so a resumed run rebuilds it at `start_iter` from the
+    config (an `lr=` override on resume simply takes effect) instead of restoring the scheduler's state.
+    """
 
     def factor(iteration: int) -> float:
         if iteration < cfg.warmup_iters:
@@ -188,7 +188,9 @@ def build_scheduler(cfg: Config, optimizer) -> torch.optim.lr_scheduler.LambdaLR
         progress = (iteration - cfg.warmup_iters) / max(1, cfg.total_iters - cfg.warmup_iters)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    for group, base_lr in zip(optimizer.param_groups, (cfg.lr, cfg.lr_backbone)):
+        group["initial_lr"] = base_lr  # what LambdaLR scales; it expects it when not starting at 0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=start_iter - 1)
 
 
 class EMA:
@@ -211,47 +213,43 @@ class TrainingDiverged(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation and the training loop
+# Validation, simulator evaluation, checkpoints
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def validate(policy: ACTPolicy, dataset: ChunkDataset, batch_size: int, device) -> dict:
-    """Mean L1 and KL over every held-out sample (eval mode: no dropout, z = posterior mean)."""
+    """Loss on every held-out sample, eval mode (no dropout). Two L1 figures:
+
+    val/l1            the deployed policy: z = 0, as in a rollout. The figure to watch; best.pt follows it
+                      when the run does not evaluate in the simulator.
+    val/l1_posterior  z = the posterior mean, computed from the target chunk itself: how well the CVAE
+                      reconstructs, not how well the policy acts. Reported beside val/kl.
+    """
     policy.eval()
-    totals, count = {"l1": 0.0, "kl": 0.0}, 0
+    totals, count = {"l1": 0.0, "l1_posterior": 0.0, "kl": 0.0}, 0
     for batch in iterate_in_order(dataset, batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
-        losses = policy(batch)
+        posterior = policy(batch)
         size = len(batch["actions"])
-        for key in totals:
-            totals[key] += losses[key].item() * size
+        totals["l1"] += policy.deployed_l1(batch).item() * size
+        totals["l1_posterior"] += posterior["l1"].item() * size
+        totals["kl"] += posterior["kl"].item() * size
         count += size
     return {f"val/{k}": v / count for k, v in totals.items()}
 
 
-def _checkpoint_payload(cfg, run, policy, ema, optimizer, scheduler, iteration, data, best_success) -> dict:
-    shape_meta = {**data.shape_meta, "frozen_batchnorm": _uses_frozen_batchnorm(policy)}
-    return {
-        "policy": policy.state_dict(), "ema": ema.policy.state_dict() if ema else None,
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "iteration": iteration,
-        "config": cfg.to_dict(), "shape_meta": shape_meta, "rng": rng_state(), "best_success": best_success,
-        "run_name": run.name, "wandb_id": run.logger.wandb_id,
-        "split": {"train": data.train_episodes, "val": data.val_episodes},
-    }
-
-
-def _uses_frozen_batchnorm(policy: ACTPolicy) -> bool | None:
-    backbone = getattr(policy.model, "backbone", None)
-    return None if backbone is None else backbone.frozen_batchnorm
-
-
 def run_simulator_eval(cfg, run, policy, env, iteration: int, prefix: str) -> dict:
-    """Roll the policy out, log success metrics and videos, return the metrics."""
-    started = time.time()
+    """Roll the policy out, log success metrics and videos, return the metrics.
+
+    The random state is put back afterwards: rollouts (and building the simulator on first use) must not
+    shift the training run's random stream, or a resumed run, which builds its simulator later, would differ.
+    """
+    started, saved_rng = time.time(), rng_state()
     result = evaluate_policy(policy, env, cfg.num_eval_episodes, cfg.eval_seed, frame_stack=cfg.frame_stack,
                              temporal_ensemble=cfg.temporal_ensemble, ensemble_k=cfg.ensemble_k,
                              query_frequency=cfg.query_frequency,
                              video_dir=run.video_dir if cfg.capture_video else None,
                              num_video_episodes=cfg.num_video_episodes, video_prefix=prefix)
+    restore_rng_state(saved_rng)
     metrics = {f"eval/{k}": v for k, v in result.items() if k != "videos"}
     metrics["eval/seconds"] = time.time() - started
     metrics["time/elapsed_s"] = time.time() - run.started
@@ -264,45 +262,62 @@ def run_simulator_eval(cfg, run, policy, env, iteration: int, prefix: str) -> di
     return metrics
 
 
+def _checkpoint_payload(cfg, run, policy, ema, optimizer, iteration, data, best) -> dict:
+    shape_meta = {**data.shape_meta, "frozen_batchnorm": _uses_frozen_batchnorm(policy)}
+    return {
+        "policy": policy.state_dict(), "ema": ema.policy.state_dict() if ema else None,
+        "optimizer": optimizer.state_dict(), "iteration": iteration,
+        "config": cfg.to_dict(), "shape_meta": shape_meta, "rng": rng_state(), "best": best,
+        "run_name": run.name, "wandb_id": run.logger.wandb_id,
+        "split": {"train": data.train_episodes, "val": data.val_episodes},
+    }
+
+
+def _uses_frozen_batchnorm(policy: ACTPolicy) -> bool | None:
+    backbone = getattr(policy.model, "backbone", None)
+    return None if backbone is None else backbone.frozen_batchnorm
+
+
+def _drop_metrics_after(logger: RunLogger, iteration: int):
+    """A resumed run rewrites history from its checkpoint on: drop rows logged after it."""
+    rows = [row for row in logger.read_metrics() if row["iteration"] <= iteration]
+    logger.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------------
 def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env) -> dict:
-    """The training loop. `make_env(num_envs)` builds the simulator adapter used for evaluation.
+    """Train, and return the last validation and simulator metrics. `make_env(num_envs)` builds the
+    simulator adapter used for evaluation.
 
     Every log_frequency iterations: losses, lr, it/s (the only host syncs of the hot loop).
     Every val_frequency: validation loss on held-out episodes.
-    Every eval_frequency and at the end: success rate in the simulator; best.pt keeps the best.
+    Every eval_frequency and at the end: success rate in the simulator.
     Every save_frequency and at the end: iter_<n>.pt and last.pt (atomic writes).
+    best.pt: the best simulator success so far, or the lowest validation L1 when there is no simulator eval.
     """
     device = run.device
     policy.to(device)
     optimizer = build_optimizer(cfg, policy)
-    scheduler = build_scheduler(cfg, optimizer)
     ema = EMA(policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    start_iter, best_success = 0, -1.0
-    if run.checkpoint is not None:  # resume: same weights, optimizer moments, lr schedule, RNG and data stream
-        ckpt = run.checkpoint
-        policy.load_state_dict(ckpt["policy"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        # The config's lr / lr_backbone win over the saved ones, so `resume=... lr=...` does what it says
-        # (a plain resume starts from the checkpoint's config, so nothing changes then).
-        scheduler.base_lrs = [cfg.lr, cfg.lr_backbone][: len(optimizer.param_groups)]
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["initial_lr"], group["lr"] = base_lr, base_lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
-        if ema:
-            ema.policy.load_state_dict(ckpt["ema"] or ckpt["policy"])
-        restore_rng_state(ckpt["rng"])
-        start_iter, best_success = ckpt["iteration"], ckpt["best_success"]
-        _drop_metrics_after(run.logger, start_iter)
-        print(f"[resume] from {cfg.resume} at iteration {start_iter}, lr {scheduler.get_last_lr()[0]:.2e}")
+    # best.pt: the best simulator success so far, or the lowest deployed validation L1 without simulator eval.
+    best = {"metric": "eval/success_once" if cfg.num_eval_episodes > 0 else "val/l1", "score": -math.inf}
+    start_iter = 0
+
+    # 1. Resume: weights, optimizer moments, random state and position in the data stream, bit for bit.
+    if run.checkpoint is not None:
+        start_iter = restore_training_state(cfg, run, policy, ema, optimizer, best)
+    scheduler = build_scheduler(cfg, optimizer, start_iter)
+    # Batch i depends only on (seed, i), and the loader draws nothing from the random state restored above.
+    loader = make_train_loader(data.train_set, cfg.batch_size, cfg.seed, cfg.num_workers, start_iter)
 
     eval_policy = ema.policy if ema else policy
     train_step = torch.compile(policy) if cfg.compile else policy
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-    loader = make_train_loader(data.train_set, cfg.batch_size, cfg.seed, cfg.num_workers, start_iter)
-    env = None
+    env, metrics = None, {}
     running = {"loss": 0.0, "l1": 0.0, "kl": 0.0}
     window_start, window_iters = time.time(), 0
-    last_eval = {}
 
     def save(name: str, iteration: int):
         # Never let a diverged model overwrite the last good checkpoint (NaN can appear between log steps).
@@ -310,11 +325,20 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
             raise TrainingDiverged(f"non-finite weights at iteration {iteration}; not saving {name}. The last good "
                                    f"checkpoint is {run.ckpt_dir / 'last.pt'}. Try a lower lr or grad_clip.")
         save_checkpoint(run.ckpt_dir / name,
-                        _checkpoint_payload(cfg, run, policy, ema, optimizer, scheduler, iteration, data, best_success))
+                        _checkpoint_payload(cfg, run, policy, ema, optimizer, iteration, data, best))
+
+    def save_if_best(step: int, score: float):  # score: higher is better
+        if score > best["score"]:
+            best["score"] = score
+            save("best.pt", step)
+
+    def due(step: int, frequency: int) -> bool:
+        return step % frequency == 0 or step == cfg.total_iters
 
     bar = tqdm(range(start_iter, cfg.total_iters), initial=start_iter, total=cfg.total_iters, desc="train",
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     for iteration, batch in zip(bar, loader):
+        # 2. One optimisation step.
         policy.train()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast:
@@ -331,7 +355,8 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
         window_iters += 1
         step = iteration + 1
 
-        if step % cfg.log_frequency == 0 or step == cfg.total_iters:
+        # 3. Log the training losses averaged since the last log.
+        if due(step, cfg.log_frequency):
             means = {f"train/{k}": float(v) / window_iters for k, v in running.items()}
             if not all(math.isfinite(v) for v in means.values()):
                 raise TrainingDiverged(
@@ -346,20 +371,23 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
             running = {k: 0.0 for k in running}
             window_start, window_iters = time.time(), 0
 
-        if data.val_set is not None and (step % cfg.val_frequency == 0 or step == cfg.total_iters):
-            val = validate(eval_policy, data.val_set, cfg.batch_size, device)
-            run.logger.log(val, step)
-            bar.write(f"[val @ {step}] l1 {val['val/l1']:.4f}  kl {val['val/kl']:.4f}")
+        # 4. Validate on the held-out episodes.
+        if data.val_set is not None and due(step, cfg.val_frequency):
+            metrics.update(validate(eval_policy, data.val_set, cfg.batch_size, device))
+            run.logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, step)
+            bar.write(f"[val @ {step}] l1 {metrics['val/l1']:.4f} (deployed, z = 0)  "
+                      f"l1_posterior {metrics['val/l1_posterior']:.4f}  kl {metrics['val/kl']:.4f}")
+            if best["metric"] == "val/l1":
+                save_if_best(step, -metrics["val/l1"])
 
-        if cfg.num_eval_episodes > 0 and (step % cfg.eval_frequency == 0 or step == cfg.total_iters):
-            if env is None:
-                env = make_env(cfg.num_eval_envs)
-            last_eval = run_simulator_eval(cfg, run, eval_policy, env, step, prefix=f"iter{step:07d}_")
-            if last_eval["eval/success_once"] > best_success:
-                best_success = last_eval["eval/success_once"]
-                save("best.pt", step)
+        # 5. Evaluate in the simulator.
+        if cfg.num_eval_episodes > 0 and due(step, cfg.eval_frequency):
+            env = env or make_env(cfg.num_eval_envs)
+            metrics.update(run_simulator_eval(cfg, run, eval_policy, env, step, prefix=f"iter{step:07d}_"))
+            save_if_best(step, metrics["eval/success_once"])
 
-        if step % cfg.save_frequency == 0 or step == cfg.total_iters:
+        # 6. Save checkpoints.
+        if due(step, cfg.save_frequency):
             save(f"iter_{step:07d}.pt", step)
             save("last.pt", step)
             run.logger.plot_curves()
@@ -368,18 +396,43 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
         env.close()
     run.logger.plot_curves()
     run.logger.finish()
-    return last_eval
+    return metrics
 
 
-def _drop_metrics_after(logger: RunLogger, iteration: int):
-    """A resumed run rewrites history from its checkpoint on: drop rows logged after it."""
-    rows = [row for row in logger.read_metrics() if row["iteration"] <= iteration]
-    logger.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+def restore_training_state(cfg, run, policy, ema, optimizer, best: dict) -> int:
+    """Load a checkpoint into a freshly built training set-up; returns its iteration. `best` takes the saved
+    best score when it was measured by the same metric (it is not when num_eval_episodes changed)."""
+    ckpt = run.checkpoint
+    load_weights(policy, ckpt["policy"], cfg.resume)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ema:
+        ema.policy.load_state_dict(ckpt["ema"] or ckpt["policy"])
+    restore_rng_state(ckpt["rng"])
+    _drop_metrics_after(run.logger, ckpt["iteration"])
+    print(f"[resume] from {cfg.resume} at iteration {ckpt['iteration']}")
+    saved_best = ckpt.get("best", {"metric": "eval/success_once", "score": ckpt.get("best_success")})  # older format
+    if saved_best["metric"] == best["metric"]:
+        best["score"] = saved_best["score"]
+    else:
+        print(f"[resume] best.pt was chosen by {saved_best['metric']}; from now on by {best['metric']}")
+    return ckpt["iteration"]
+
+
+def final_summary(metrics: dict) -> str:
+    """The run's last figures for the closing line of an entry script."""
+    parts = []
+    if "eval/success_once" in metrics:
+        parts.append(f"success rate {metrics['eval/success_once']:.1%} (at end {metrics['eval/success_at_end']:.1%})")
+    if "val/l1" in metrics:
+        parts.append(f"validation L1 {metrics['val/l1']:.4f} (deployed policy)")
+    return ", ".join(parts) or "no validation or simulator evaluation was configured"
 
 
 def evaluate_checkpoint(cfg: Config, run: Run, make_env) -> dict:
     """mode=eval: reload a checkpoint and only roll it out (success rate, videos), no training."""
-    policy = policy_from_checkpoint(run.checkpoint, run.device)
+    if cfg.num_eval_episodes == 0:
+        raise UserInputError("mode=eval needs num_eval_episodes >= 1")
+    policy = policy_from_checkpoint(run.checkpoint, run.device, cfg.checkpoint)
     env = make_env(cfg.num_eval_envs)
     metrics = run_simulator_eval(cfg, run, policy, env, run.checkpoint["iteration"], prefix="eval_")
     env.close()

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.bigym_solvers import SOLVERS, ScriptedMotion
-from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, apply_start, camera_images, flatten_state,
+from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, apply_start, bigym_camera_images, bigym_state_vector,
                            make_bigym_env, read_observation, reset_perturbed, resolve_task)
 
 SCRIPTED_DEMO_ROOT = "demos/bigym_scripted"  # default DemoStore root of scripted demos (relative to the repo)
@@ -232,9 +232,9 @@ def replay_demo(env, demo, cameras: list[str]) -> tuple[dict, bool]:
     states, images, actions = [], [], []
     for timestep in demo.timesteps:
         action = timestep.executed_action  # (A,) float64, already clipped to the env's action space
-        states.append(flatten_state(obs))
+        states.append(bigym_state_vector(obs))
         if cameras:
-            images.append(camera_images(obs, cameras))
+            images.append(bigym_camera_images(obs, cameras))
         actions.append(action.astype(np.float32))
         obs, *_ = env.step(action)
     episode = {"state": np.stack(states), "actions": np.stack(actions)}  # (T, S), (T, A)

@@ -16,6 +16,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from env.maniskill_env import maniskill_camera_images, maniskill_state_vector
+
 SUPPORTED_OBS_MODES = ("state", "rgb", "rgbd")
 
 
@@ -129,38 +131,6 @@ def _keep_first_successful(src: Path, dst: Path, num_demos: int):
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
-def flatten_state(obs: dict) -> np.ndarray:
-    """Proprioception + task state from a ManiSkill observation dict, in a fixed (sorted-key) order.
-
-    Works on both an HDF5 group and the env's observation dict, so training and rollouts agree.
-    Camera data (sensor_data, sensor_param) is not part of the state vector.
-    """
-    parts = []
-    for key in sorted(obs.keys()):
-        if key in ("sensor_data", "sensor_param"):
-            continue
-        value = obs[key]
-        if hasattr(value, "keys"):
-            parts.append(flatten_state(value))
-        else:
-            value = np.asarray(value, dtype=np.float32)
-            parts.append(value.reshape(value.shape[0], -1))
-    return np.concatenate(parts, axis=1)
-
-
-def camera_images(sensor_data, cameras: list[str], use_depth: bool) -> np.ndarray:
-    """(T, N, C, H, W) uint8 images of the given cameras; depth (mm, int16) becomes a 4th channel in uint8."""
-    per_camera = []
-    for name in cameras:
-        frames = np.asarray(sensor_data[name]["rgb"])  # (T, H, W, 3) uint8
-        if use_depth:
-            # Depth in mm; 0..2.55 m mapped to 0..255 so it rides along as a uint8 image channel.
-            depth = np.asarray(sensor_data[name]["depth"]).astype(np.float32)  # (T, H, W, 1)
-            frames = np.concatenate([frames, np.clip(depth / 10.0, 0, 255).astype(np.uint8)], axis=-1)
-        per_camera.append(frames.transpose(0, 3, 1, 2))  # (T, C, H, W)
-    return np.stack(per_camera, axis=1)
-
-
 def demo_metadata(path: Path) -> dict:
     json_path = Path(path).with_suffix(".json")
     if not json_path.exists():
@@ -197,8 +167,8 @@ def load_maniskill_demos(path, num_demos: int, obs_mode: str, control_mode: str,
                     state = np.asarray(obs, dtype=np.float32)[: len(actions)]
                     episode = {"state": state, "actions": actions}
                 else:
-                    state = flatten_state({k: obs[k] for k in ("agent", "extra")})[: len(actions)]
-                    images = camera_images(obs["sensor_data"], cameras, use_depth=obs_mode == "rgbd")
+                    state = maniskill_state_vector({k: obs[k] for k in ("agent", "extra")})[: len(actions)]
+                    images = maniskill_camera_images(obs["sensor_data"], cameras, use_depth=obs_mode == "rgbd")
                     episode = {"state": state, "actions": actions, "images": images[: len(actions)]}
                 episodes.append(episode)
     except OSError as exc:

@@ -14,8 +14,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from datasets.maniskill_demos import camera_images, flatten_state
-
 
 def resolve_backends(sim_backend: str, render_backend: str) -> tuple[str, str]:
     """'auto' -> GPU simulation and rendering when CUDA is available, CPU (software Vulkan) otherwise."""
@@ -34,6 +32,39 @@ def check_env_id(env_id: str):
         names = [name for name in gym.registry if name.endswith("-v1")]
         close = difflib.get_close_matches(env_id, names, n=3)
         raise ValueError(f"unknown ManiSkill env_id '{env_id}'." + (f" Did you mean: {', '.join(close)}?" if close else ""))
+
+
+def maniskill_state_vector(obs: dict) -> np.ndarray:
+    """(B, S) proprioception + task state from a ManiSkill observation dict (leading batch or time axis B),
+    in a fixed (sorted-key) order.
+
+    Works on both an HDF5 group and the env's observation dict, so training and rollouts agree.
+    Camera data (sensor_data, sensor_param) is not part of the state vector.
+    """
+    parts = []
+    for key in sorted(obs.keys()):
+        if key in ("sensor_data", "sensor_param"):
+            continue
+        value = obs[key]
+        if hasattr(value, "keys"):
+            parts.append(maniskill_state_vector(value))
+        else:
+            value = np.asarray(value, dtype=np.float32)
+            parts.append(value.reshape(value.shape[0], -1))
+    return np.concatenate(parts, axis=1)
+
+
+def maniskill_camera_images(sensor_data, cameras: list[str], use_depth: bool) -> np.ndarray:
+    """(T, N, C, H, W) uint8 images of the given cameras; depth (mm, int16) becomes a 4th channel in uint8."""
+    per_camera = []
+    for name in cameras:
+        frames = np.asarray(sensor_data[name]["rgb"])  # (T, H, W, 3) uint8
+        if use_depth:
+            # Depth in mm; 0..2.55 m mapped to 0..255 so it rides along as a uint8 image channel.
+            depth = np.asarray(sensor_data[name]["depth"]).astype(np.float32)  # (T, H, W, 1)
+            frames = np.concatenate([frames, np.clip(depth / 10.0, 0, 255).astype(np.uint8)], axis=-1)
+        per_camera.append(frames.transpose(0, 3, 1, 2))  # (T, C, H, W)
+    return np.stack(per_camera, axis=1)
 
 
 def _make_single_cpu_env(env_kwargs: dict):
@@ -71,8 +102,8 @@ class ManiSkillEnv:
             obs = common.to_numpy(obs)
         if self.obs_mode == "state":
             return {"state": np.asarray(obs, dtype=np.float32)}
-        return {"state": flatten_state({k: obs[k] for k in ("agent", "extra")}),
-                "images": camera_images(obs["sensor_data"], self.cameras, use_depth=self.obs_mode == "rgbd")}
+        images = maniskill_camera_images(obs["sensor_data"], self.cameras, use_depth=self.obs_mode == "rgbd")
+        return {"state": maniskill_state_vector({k: obs[k] for k in ("agent", "extra")}), "images": images}
 
     def reset(self, seed: int) -> dict:
         obs, _ = self.env.reset(seed=[seed + i for i in range(self.num_envs)])

@@ -117,19 +117,49 @@ def _apply_overrides(schema: dict, tree: dict, overrides) -> dict:
     return tree
 
 
-def load_config(default_path, config_path=None, overrides=()) -> Config:
-    """default config (schema) <- user config file <- `key=value` overrides."""
+def load_config(default_path, config_path=None, overrides=(), task_defaults=None) -> Config:
+    """default config (schema) <- task defaults <- user config file <- `key=value` overrides.
+
+    task_defaults(cfg) -> (name, {dotted key: value}) gives defaults that depend on the chosen task (cfg.env_id
+    as the user set it), e.g. a ManiSkill task's control mode; they sit below the user's own settings, so a key
+    the user sets in a config file or on the command line always wins.
+    """
     schema = read_yaml(_find(default_path))
-    tree = yaml.safe_load(yaml.safe_dump(schema))  # a deep copy to fill in
+    user_file = {}
     if config_path and _find(config_path).resolve() != _find(default_path).resolve():
-        for key, value in read_yaml(_find(config_path)).items():
+        user_file = read_yaml(_find(config_path))
+
+    def merge(task_layer: dict, task_source: str = "") -> Config:
+        tree = yaml.safe_load(yaml.safe_dump(schema))  # a deep copy to fill in
+        for key, value in task_layer.items():
+            _set(schema, tree, key, value, source=task_source)
+        for key, value in user_file.items():
             _set(schema, tree, key, value, source=str(config_path))
-    return to_config(_apply_overrides(schema, tree, overrides))
+        return to_config(_apply_overrides(schema, tree, overrides))
+
+    cfg = merge({})
+    if task_defaults is None:
+        return cfg
+    name, values = task_defaults(cfg)
+    if not values:
+        return cfg
+    cfg = merge(values, name)
+    yours = [key for key in values if _get(cfg, key) != values[key]]
+    print(f"[config] {name}: " + ", ".join(f"{key}={value!r}" for key, value in values.items())
+          + (f" (your {', '.join(f'{key}={_get(cfg, key)!r}' for key in yours)} wins)" if yours else ""))
+    return cfg
 
 
-def parse_args(default_config: str, description: str) -> Config:
-    """Command line -> Config. `resume=` and `mode=eval checkpoint=` start from the checkpoint's own config,
-    so a run continues (or is evaluated) with the settings it was trained with; overrides still apply."""
+def _get(cfg: Config, dotted_key: str):
+    for part in dotted_key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def parse_args(default_config: str, description: str, task_defaults=None) -> Config:
+    """Command line -> Config (task_defaults: see load_config). `resume=` and `mode=eval checkpoint=` start from
+    the checkpoint's own config, so a run continues (or is evaluated) with the settings it was trained with;
+    overrides still apply."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Any config key can be overridden with key=value, nested keys with "
                                             "dots: total_iters=1000 model.d_model=128 wandb.mode=disabled")
@@ -144,6 +174,8 @@ def parse_args(default_config: str, description: str) -> Config:
         schema = read_yaml(_find(default_config))
         saved = _with_new_keys(schema, load_checkpoint(source)["config"], source)
         cfg = to_config(_apply_overrides(schema, saved, args.overrides))
+    elif task_defaults is not None:
+        cfg = load_config(default_config, args.config, args.overrides, task_defaults)
     return cfg
 
 

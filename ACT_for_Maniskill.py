@@ -3,6 +3,7 @@
     python ACT_for_Maniskill.py --config configs/ACT_maniskill_state_config.yaml      # CPU-friendly
     python ACT_for_Maniskill.py                                                       # RGB, for a GPU
     python ACT_for_Maniskill.py env_id=PushCube-v1 total_iters=5000                   # any key=value
+    python ACT_for_Maniskill.py env_id=LiftPegUpright-v1         # the task's recipe: pd_ee_delta_pose, 250 steps
     python ACT_for_Maniskill.py resume=ckpts/<run>/last.pt                            # continue a run
     python ACT_for_Maniskill.py mode=eval checkpoint=ckpts/<run>/best.pt              # evaluate only
 
@@ -12,7 +13,7 @@ held-out demos, success rate in the simulator, checkpoints, videos) -> final eva
 
 from datasets.maniskill_demos import default_demo_path, generate_demos, load_maniskill_demos
 from datasets.replay_buffer import infer_action_type
-from env.maniskill_env import ManiSkillEnv, check_env_id
+from env.maniskill_env import ManiSkillEnv, check_env_id, task_recipe
 from utils.allocator import reuse_freed_memory
 from utils.config import parse_args, repo_path, run_main
 from utils.training import build_policy, evaluate_checkpoint, final_summary, prepare_data, start_run, train
@@ -36,8 +37,9 @@ def make_env(cfg, num_envs: int) -> ManiSkillEnv:
 
 
 def main():
-    # 1. Config: YAML + key=value overrides (resume / eval start from the checkpoint's own config).
-    cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__)
+    # 1. Config: YAML + the task's recipe (control mode, episode length) + key=value overrides; resume / eval
+    #    start from the checkpoint's own config.
+    cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__, task_defaults=task_recipe)
     check_env_id(cfg.env_id)
     # CPU training steps run faster when glibc keeps freed memory for reuse (process-wide; utils/allocator.py).
     reuse_freed_memory()

@@ -37,8 +37,9 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.bigym_solvers import SOLVERS, ScriptedMotion
-from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, apply_start, camera_images, flatten_state,
+from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, apply_start, bigym_camera_images, bigym_state_vector,
                            make_bigym_env, read_observation, reset_perturbed, resolve_task)
+from env.errors import UserInputError
 
 SCRIPTED_DEMO_ROOT = "demos/bigym_scripted"  # default DemoStore root of scripted demos (relative to the repo)
 
@@ -85,7 +86,7 @@ def _open_store(cache_root, download: bool = True):
         return store
     store.pull_demos()  # no-op when cached; logs (does not raise) when the download fails
     if not store.cached:
-        raise RuntimeError(
+        raise UserInputError(
             f"BiGym demos are not available: downloading {demo_url()} failed (see the error logged above) and "
             f"{cache_path} holds no demos.\n"
             "  To provide demos offline, either\n"
@@ -110,13 +111,13 @@ def import_recorded_demos(recorded_dir, cache_root) -> int:
 
     files = sorted(Path(recorded_dir).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{recorded_dir}: no *.safetensors demo files (DemoRecorder.save_demo writes them)")
+        raise UserInputError(f"{recorded_dir}: no *.safetensors demo files (DemoRecorder.save_demo writes them)")
     store = DemoStore(Path(cache_root))
     for path in files:
         demo = Demo.from_safetensors(path)
         env_data = demo.metadata.environment_data
         if env_data.action_mode_name != "JointPositionActionMode" or not env_data.action_mode_absolute:
-            raise ValueError(f"{path}: recorded with {env_data.action_mode_description}; "
+            raise UserInputError(f"{path}: recorded with {env_data.action_mode_description}; "
                              "expected JointPositionActionMode with absolute=True")
         store.cache_demo(demo)  # stores the lightweight (actions-only) version next to the full one
     store.cached = True  # the cache is complete as it is: nothing to download
@@ -164,7 +165,7 @@ def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int =
     task_cls = resolve_task(task)
     task = task_cls.__name__
     if task not in SOLVERS:
-        raise ValueError(f"no scripted solver for BiGym task '{task}'; solvers exist for {sorted(SOLVERS)}")
+        raise UserInputError(f"no scripted solver for BiGym task '{task}'; solvers exist for {sorted(SOLVERS)}")
     store = DemoStore(Path(cache_root))
     done = _recorded_seeds(store, task_cls, floating_dofs)
     seed = max(done, default=first_seed - 1) + 1
@@ -205,7 +206,7 @@ def _raw_demos(store, cache_root, task_cls, num_demos: int, floating_dofs) -> li
     metadata = _lightweight_metadata(task_cls, floating_dofs)
     paths = sorted(p for p in store.list_demo_paths(metadata) if p.suffix == ".safetensors")
     if len(paths) < max(num_demos, 1):
-        raise ValueError(f"{demo_cache_path(cache_root)}: {len(paths)} lightweight {task_cls.__name__} demos found "
+        raise UserInputError(f"{demo_cache_path(cache_root)}: {len(paths)} lightweight {task_cls.__name__} demos found "
                          f"({metadata.environment_data.action_mode_description}), num_demos={num_demos} requested")
     return [Demo.from_safetensors(p) for p in (paths if num_demos < 0 else paths[:num_demos])]
 
@@ -232,9 +233,9 @@ def replay_demo(env, demo, cameras: list[str]) -> tuple[dict, bool]:
     states, images, actions = [], [], []
     for timestep in demo.timesteps:
         action = timestep.executed_action  # (A,) float64, already clipped to the env's action space
-        states.append(flatten_state(obs))
+        states.append(bigym_state_vector(obs))
         if cameras:
-            images.append(camera_images(obs, cameras))
+            images.append(bigym_camera_images(obs, cameras))
         actions.append(action.astype(np.float32))
         obs, *_ = env.step(action)
     episode = {"state": np.stack(states), "actions": np.stack(actions)}  # (T, S), (T, A)
@@ -263,12 +264,12 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
     task = task_cls.__name__
     if demo_source == "scripted":
         if cache_root is None:
-            raise ValueError(f"demo_source=scripted needs a cache_root for the scripted demos (e.g. {SCRIPTED_DEMO_ROOT})")
+            raise UserInputError(f"demo_source=scripted needs a cache_root for the scripted demos (e.g. {SCRIPTED_DEMO_ROOT})")
         if num_demos < 1:
-            raise ValueError(f"demo_source=scripted needs num_demos >= 1 (how many to make), got {num_demos}")
+            raise UserInputError(f"demo_source=scripted needs num_demos >= 1 (how many to make), got {num_demos}")
         make_scripted_demos(task, num_demos, cache_root, floating_dofs=floating_dofs)
     elif demo_source != "human":
-        raise ValueError(f"demo_source must be 'human' or 'scripted', got '{demo_source}'")
+        raise UserInputError(f"demo_source must be 'human' or 'scripted', got '{demo_source}'")
     store = _open_store(cache_root, download=demo_source == "human")
     demos = _raw_demos(store, cache_root, task_cls, num_demos, floating_dofs)
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from env.errors import UserInputError
+
 LEFT, RIGHT = "left", "right"
 SIDES = (LEFT, RIGHT)
 CONTROL_DT = 1 / 500  # BiGym's physics step; demos are recorded at this rate
@@ -262,7 +264,7 @@ def solve_dishwasher_close(env, motion: ScriptedMotion, rng: np.random.Generator
     lower than z ~0.64 m, while the bottom tray's top is at ~0.52 m and the open door at ~0.15-0.4 m.
     """
     if "pelvis_z" not in motion.ik.base_dofs:
-        raise ValueError(f"the DishwasherClose solver needs the pelvis height in the action (the robot must crouch "
+        raise UserInputError(f"the DishwasherClose solver needs the pelvis height in the action (the robot must crouch "
                          f"to reach the bottom tray and the open door), got floating base {motion.ik.base_dofs}: set "
                          f"floating_dofs=[pelvis_x,pelvis_y,pelvis_z,pelvis_rz] (make_bigym_demos.py: --floating-dofs)")
     import mujoco

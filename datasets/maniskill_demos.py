@@ -5,9 +5,12 @@ Making demos is two steps, both with ManiSkill's own tools:
      (RecordEpisode writes `<dir>/motionplanning.h5` + `.json`);
   2. replay them with `mani_skill.trajectory.replay_trajectory` into the wanted observation mode and
      controller (e.g. state / rgb, pd_ee_delta_pos), keeping the episodes that still succeed.
+Both run on chunks of seeds (a killed run resumes from its finished chunks); the first chunk is small, so a
+controller that cannot follow the planner's motion stops the run within a minute.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 from tqdm import tqdm
+
+from env.errors import UserInputError
+from env.maniskill_env import TASK_RECIPES, maniskill_camera_images, maniskill_state_vector
 
 SUPPORTED_OBS_MODES = ("state", "rgb", "rgbd")
 
@@ -38,41 +44,52 @@ def default_demo_path(demo_dir: str, env_id: str, obs_mode: str, control_mode: s
     return Path(demo_dir) / env_id / f"{num_demos}demos.{obs_mode}.{control_mode}.h5"
 
 
-def _record_motion_planning(env_id: str, num_demos: int, out_dir: Path, seed: int) -> Path:
-    """Step 1: successful motion-planning episodes in pd_joint_pos. Returns the raw .h5 path."""
+# Demos are made in chunks of consecutive planner seeds, each kept in the work folder once converted, so a
+# killed run resumes where it stopped. The first chunk is small: it tells quickly whether the episodes survive
+# conversion into the wanted controller, before minutes go into planning the rest.
+PROBE_SEEDS = 5
+CHUNK_SEEDS = 20
+MIN_CONVERSION_RATE = 0.25  # below this share of planned episodes surviving replay, the control mode is wrong
+
+
+def _chunks(first_seed: int):
+    """(first, end) seed ranges: a probe chunk, then fixed-size chunks; the same ranges on every run."""
+    yield first_seed, first_seed + PROBE_SEEDS
+    start = first_seed + PROBE_SEEDS
+    while True:
+        yield start, start + CHUNK_SEEDS
+        start += CHUNK_SEEDS
+
+
+def _plan_seeds(env_id: str, seeds: range, out_dir: Path) -> int:
+    """Step 1: ManiSkill's motion-planning solution on each seed in pd_joint_pos, keeping the successful
+    episodes (RecordEpisode writes `<out_dir>/motionplanning.h5` + `.json`). Returns how many were kept."""
     import gymnasium as gym
     import mani_skill.envs  # noqa: F401  (registers the environments)
     from mani_skill.utils.wrappers.record import RecordEpisode
 
-    solutions = motion_planning_solutions()
-    if env_id not in solutions:
-        raise ValueError(f"No ManiSkill motion-planning solution for env_id '{env_id}'; available: {sorted(solutions)}")
+    solve = motion_planning_solutions()[env_id]
     env = gym.make(env_id, obs_mode="none", control_mode="pd_joint_pos", render_mode="rgb_array",
                    sim_backend="physx_cpu", render_backend="cpu")
     env = RecordEpisode(env, output_dir=str(out_dir), trajectory_name="motionplanning", save_video=False,
                         source_type="motionplanning", record_reward=False, save_on_reset=False)
-    kept, tried = 0, 0
-    with tqdm(total=num_demos, desc=f"motion planning {env_id}") as bar:
-        while kept < num_demos:
-            if tried > 3 * num_demos + 20:
-                raise RuntimeError(f"{env_id}: only {kept}/{tried} motion-planning episodes succeeded")
-            try:
-                result = solutions[env_id](env, seed=seed + tried, debug=False, vis=False)
-                success = result != -1 and bool(result[-1]["success"].item())
-            except Exception as exc:  # the planner raises on unreachable goals; such seeds are skipped
-                print(f"  seed {seed + tried}: planner failed ({exc})")
-                success = False
-            tried += 1
-            env.flush_trajectory(save=success)
-            if success:
-                kept += 1
-                bar.update(1)
+    kept = 0
+    for seed in tqdm(seeds, desc=f"motion planning {env_id} seeds {seeds.start}-{seeds.stop - 1}"):
+        try:
+            result = solve(env, seed=seed, debug=False, vis=False)
+            success = result != -1 and bool(result[-1]["success"].item())
+        except Exception as exc:  # the planner raises on unreachable goals; such seeds are skipped
+            print(f"  seed {seed}: planner failed ({exc})")
+            success = False
+        env.flush_trajectory(save=success)
+        kept += success
     env.close()
-    return out_dir / "motionplanning.h5"
+    return kept
 
 
 def _replay(raw_path: Path, obs_mode: str, control_mode: str) -> Path:
-    """Step 2: ManiSkill's replay tool re-simulates the episodes with observations and the target controller."""
+    """Step 2: ManiSkill's replay tool re-simulates the episodes with observations and the target controller;
+    only the episodes that still succeed are written."""
     cmd = [sys.executable, "-m", "mani_skill.trajectory.replay_trajectory", "--traj-path", str(raw_path),
            "-o", obs_mode, "-c", control_mode, "-b", "physx_cpu", "--save-traj", "--use-first-env-state"]
     print("  $", " ".join(cmd))
@@ -80,47 +97,104 @@ def _replay(raw_path: Path, obs_mode: str, control_mode: str) -> Path:
     return raw_path.with_name(f"{raw_path.stem}.{obs_mode}.{control_mode}.physx_cpu.h5")
 
 
+def _episode_count(h5_path: Path) -> int:
+    return len(json.loads(h5_path.with_suffix(".json").read_text())["episodes"])
+
+
+def _make_chunk(env_id: str, seeds: range, obs_mode: str, control_mode: str, work_dir: Path) -> dict:
+    """Plan and convert one seed range; returns {"planned", "converted", "file"}. A finished chunk (done.json)
+    is read back; a chunk killed while planning is planned again, one killed while converting is converted again."""
+    chunk_dir = work_dir / f"seeds_{seeds.start:06d}-{seeds.stop - 1:06d}"
+    done = chunk_dir / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if not chunk_dir.exists():
+        planning_dir = chunk_dir.with_suffix(".planning")
+        shutil.rmtree(planning_dir, ignore_errors=True)
+        _plan_seeds(env_id, seeds, planning_dir)
+        planning_dir.rename(chunk_dir)  # the planned episodes now survive a kill
+    raw = chunk_dir / "motionplanning.h5"
+    summary = {"planned": _episode_count(raw), "converted": 0, "file": None}
+    if summary["planned"]:
+        converted = _replay(raw, obs_mode, control_mode)
+        summary.update(converted=_episode_count(converted), file=converted.name)
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary))
+    tmp.rename(done)
+    return summary
+
+
+def _conversion_error(env_id: str, control_mode: str, converted: int, planned: int) -> str:
+    recipe_mode = TASK_RECIPES.get(env_id, {}).get("control_mode")
+    if recipe_mode and recipe_mode != control_mode:
+        hint = f"set control_mode={recipe_mode} (the recipe for {env_id})"
+    else:
+        others = [mode for mode in ("pd_ee_delta_pose", "pd_joint_pos") if mode != control_mode]
+        hint = f"try control_mode={' or '.join(others)} (pd_joint_pos is the planner's own, which always converts)"
+    return (f"{env_id}: only {converted} of the first {planned} motion-planned episodes still succeed when replayed "
+            f"with control_mode={control_mode}; stopped before planning more. This controller cannot follow the "
+            f"planner's motion for this task: {hint}.")
+
+
 def generate_demos(env_id: str, num_demos: int, obs_mode: str, control_mode: str, out_path, seed: int = 0) -> Path:
-    """Make `num_demos` successful demos at `out_path` (.h5 + .json). Does nothing if the file exists."""
+    """Make `num_demos` successful demos at `out_path` (.h5 + .json). Does nothing if the file exists;
+    resumes from the finished chunks of a killed run."""
     out_path = Path(out_path)
     if out_path.exists():
         print(f"[demos] {out_path} exists, nothing to do")
         return out_path
     if obs_mode not in SUPPORTED_OBS_MODES:
-        raise ValueError(f"obs_mode must be one of {SUPPORTED_OBS_MODES}, got '{obs_mode}'")
+        raise UserInputError(f"obs_mode must be one of {SUPPORTED_OBS_MODES}, got '{obs_mode}'")
+    if env_id not in motion_planning_solutions():
+        raise UserInputError(f"No ManiSkill motion-planning solution for env_id '{env_id}'; "
+                         f"available: {sorted(motion_planning_solutions())}")
     work_dir = out_path.parent / f".work_{out_path.stem}"
     work_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[demos] generating {num_demos} {env_id} demos ({obs_mode}, {control_mode}) -> {out_path}")
-    # Converting joint-space demos to another controller fails for a few episodes; plan some spares.
-    spares = 0 if control_mode == "pd_joint_pos" else max(2, num_demos // 5)
-    raw = _record_motion_planning(env_id, num_demos + spares, work_dir, seed)
-    replayed = _replay(raw, obs_mode, control_mode)
-    _keep_first_successful(replayed, out_path, num_demos)
-    for leftover in work_dir.iterdir():
-        leftover.unlink()
-    work_dir.rmdir()
+    print(f"[demos] generating {num_demos} {env_id} demos ({obs_mode}, {control_mode}) -> {out_path} "
+          f"(finished chunks are kept in {work_dir}: a killed run resumes)")
+    planned = converted = 0
+    files = []
+    for start, end in _chunks(seed):
+        if start - seed >= 3 * num_demos + 20:  # the planner itself fails on most seeds
+            raise RuntimeError(f"{env_id}: after {start - seed} planner seeds only {planned} plans succeeded and "
+                               f"{converted} survived replay with control_mode={control_mode}; {num_demos} needed")
+        chunk = _make_chunk(env_id, range(start, end), obs_mode, control_mode, work_dir)
+        planned, converted = planned + chunk["planned"], converted + chunk["converted"]
+        print(f"[demos] seeds {start}-{end - 1}: {chunk['planned']} planned, {chunk['converted']} survived replay "
+              f"with {control_mode} ({converted} so far, {num_demos} needed)")
+        if chunk["file"]:
+            files.append(work_dir / f"seeds_{start:06d}-{end - 1:06d}" / chunk["file"])
+        if planned >= 4 and converted < MIN_CONVERSION_RATE * planned:  # 4+ episodes: a rate worth judging
+            raise UserInputError(_conversion_error(env_id, control_mode, converted, planned))
+        if converted >= num_demos:
+            break
+    _keep_first_successful(files, out_path, num_demos)
+    shutil.rmtree(work_dir)
     print(f"[demos] wrote {out_path}")
     return out_path
 
 
-def _keep_first_successful(src: Path, dst: Path, num_demos: int):
-    """Copy the first `num_demos` successful episodes of src into dst (renumbered traj_0..), .json beside it."""
-    meta = json.loads(src.with_suffix(".json").read_text())
+def _keep_first_successful(sources: list[Path], dst: Path, num_demos: int):
+    """Copy the first `num_demos` successful episodes of the sources into dst (renumbered traj_0..), .json beside."""
+    meta = json.loads(sources[0].with_suffix(".json").read_text())
     kept_episodes = []
     tmp = dst.with_suffix(".h5.tmp")
-    with h5py.File(src, "r") as fin, h5py.File(tmp, "w") as fout:
-        for episode in meta["episodes"]:
-            key = f"traj_{episode['episode_id']}"
-            if key not in fin or not episode.get("success", bool(fin[key]["success"][-1])):
-                continue
-            new_id = len(kept_episodes)
-            fin.copy(fin[key], fout, name=f"traj_{new_id}")
-            kept_episodes.append({**episode, "episode_id": new_id})
-            if len(kept_episodes) == num_demos:
-                break
+    with h5py.File(tmp, "w") as fout:
+        for src in sources:
+            episodes = json.loads(src.with_suffix(".json").read_text())["episodes"]
+            with h5py.File(src, "r") as fin:
+                for episode in episodes:
+                    key = f"traj_{episode['episode_id']}"
+                    if len(kept_episodes) == num_demos or key not in fin:
+                        continue
+                    if not episode.get("success", bool(fin[key]["success"][-1])):
+                        continue
+                    new_id = len(kept_episodes)
+                    fin.copy(fin[key], fout, name=f"traj_{new_id}")
+                    kept_episodes.append({**episode, "episode_id": new_id})
     if len(kept_episodes) < num_demos:
         tmp.unlink()
-        raise RuntimeError(f"{src}: only {len(kept_episodes)} of the needed {num_demos} episodes survived replay")
+        raise RuntimeError(f"{dst}: only {len(kept_episodes)} of the needed {num_demos} episodes survived replay")
     meta["episodes"] = kept_episodes
     dst.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     tmp.rename(dst)  # the .h5 appears only once complete, so a killed run never leaves a half file
@@ -129,42 +203,10 @@ def _keep_first_successful(src: Path, dst: Path, num_demos: int):
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
-def flatten_state(obs: dict) -> np.ndarray:
-    """Proprioception + task state from a ManiSkill observation dict, in a fixed (sorted-key) order.
-
-    Works on both an HDF5 group and the env's observation dict, so training and rollouts agree.
-    Camera data (sensor_data, sensor_param) is not part of the state vector.
-    """
-    parts = []
-    for key in sorted(obs.keys()):
-        if key in ("sensor_data", "sensor_param"):
-            continue
-        value = obs[key]
-        if hasattr(value, "keys"):
-            parts.append(flatten_state(value))
-        else:
-            value = np.asarray(value, dtype=np.float32)
-            parts.append(value.reshape(value.shape[0], -1))
-    return np.concatenate(parts, axis=1)
-
-
-def camera_images(sensor_data, cameras: list[str], use_depth: bool) -> np.ndarray:
-    """(T, N, C, H, W) uint8 images of the given cameras; depth (mm, int16) becomes a 4th channel in uint8."""
-    per_camera = []
-    for name in cameras:
-        frames = np.asarray(sensor_data[name]["rgb"])  # (T, H, W, 3) uint8
-        if use_depth:
-            # Depth in mm; 0..2.55 m mapped to 0..255 so it rides along as a uint8 image channel.
-            depth = np.asarray(sensor_data[name]["depth"]).astype(np.float32)  # (T, H, W, 1)
-            frames = np.concatenate([frames, np.clip(depth / 10.0, 0, 255).astype(np.uint8)], axis=-1)
-        per_camera.append(frames.transpose(0, 3, 1, 2))  # (T, C, H, W)
-    return np.stack(per_camera, axis=1)
-
-
 def demo_metadata(path: Path) -> dict:
     json_path = Path(path).with_suffix(".json")
     if not json_path.exists():
-        raise FileNotFoundError(f"{path}: the metadata file {json_path} is missing (ManiSkill writes both)")
+        raise UserInputError(f"{path}: the metadata file {json_path} is missing (ManiSkill writes both)")
     return json.loads(json_path.read_text())
 
 
@@ -179,7 +221,7 @@ def load_maniskill_demos(path, num_demos: int, obs_mode: str, control_mode: str,
     env_kwargs = demo_metadata(path)["env_info"]["env_kwargs"]
     for key, wanted in (("obs_mode", obs_mode), ("control_mode", control_mode)):
         if env_kwargs.get(key) != wanted:
-            raise ValueError(
+            raise UserInputError(
                 f"{path}: demos were recorded with {key}='{env_kwargs.get(key)}' but the config asks for "
                 f"'{wanted}'. Point demo_path at a matching file or delete this one to regenerate it."
             )
@@ -188,7 +230,7 @@ def load_maniskill_demos(path, num_demos: int, obs_mode: str, control_mode: str,
         with h5py.File(path, "r") as h5:
             keys = sorted((k for k in h5.keys() if k.startswith("traj_")), key=lambda k: int(k.split("_")[1]))
             if len(keys) < num_demos:
-                raise ValueError(f"{path}: holds {len(keys)} episodes, the config asks for num_demos={num_demos}")
+                raise UserInputError(f"{path}: holds {len(keys)} episodes, the config asks for num_demos={num_demos}")
             for key in keys[:num_demos]:
                 group = h5[key]
                 actions = np.asarray(group["actions"], dtype=np.float32)
@@ -197,12 +239,13 @@ def load_maniskill_demos(path, num_demos: int, obs_mode: str, control_mode: str,
                     state = np.asarray(obs, dtype=np.float32)[: len(actions)]
                     episode = {"state": state, "actions": actions}
                 else:
-                    state = flatten_state({k: obs[k] for k in ("agent", "extra")})[: len(actions)]
-                    images = camera_images(obs["sensor_data"], cameras, use_depth=obs_mode == "rgbd")
+                    state = maniskill_state_vector({k: obs[k] for k in ("agent", "extra")})[: len(actions)]
+                    images = maniskill_camera_images(obs["sensor_data"], cameras, use_depth=obs_mode == "rgbd")
                     episode = {"state": state, "actions": actions, "images": images[: len(actions)]}
                 episodes.append(episode)
     except OSError as exc:
-        raise OSError(f"{path}: not a readable HDF5 trajectory file ({exc}); delete it to regenerate") from exc
+        raise UserInputError(f"{path}: not a readable HDF5 trajectory file ({exc}); delete it to regenerate") from exc
     except KeyError as exc:
-        raise KeyError(f"{path}: missing dataset {exc} (expected a ManiSkill trajectory with obs_mode={obs_mode})") from exc
+        raise UserInputError(f"{path}: missing dataset {exc} (expected a ManiSkill trajectory with "
+                             f"obs_mode={obs_mode})") from exc
     return episodes

@@ -162,7 +162,7 @@ def read_observation(env) -> dict:
     return env.get_observation()
 
 
-def flatten_state(obs: dict) -> np.ndarray:
+def bigym_state_vector(obs: dict) -> np.ndarray:
     """BiGym observation dict -> (S,) float32 state in STATE_KEYS order."""
     missing = [k for k in STATE_KEYS if k not in obs]
     if missing:
@@ -171,7 +171,7 @@ def flatten_state(obs: dict) -> np.ndarray:
     return np.concatenate([np.asarray(obs[k], dtype=np.float32).reshape(-1) for k in STATE_KEYS])
 
 
-def camera_images(obs: dict, cameras: list[str]) -> np.ndarray:
+def bigym_camera_images(obs: dict, cameras: list[str]) -> np.ndarray:
     """BiGym observation dict -> (N, 3, H, W) uint8 (BiGym already stores rgb_<camera> channel-first)."""
     return np.stack([np.asarray(obs[f"rgb_{name}"], dtype=np.uint8) for name in cameras])
 
@@ -281,9 +281,10 @@ class BiGymEnv:
         self._video_renderers = None  # made on the first render() call: evaluation without video never pays
 
     def _convert(self, observations: list[dict]) -> dict:
-        out = {"state": np.stack([flatten_state(obs) for obs in observations])}  # (E, S)
+        out = {"state": np.stack([bigym_state_vector(obs) for obs in observations])}  # (E, S)
         if self.cameras:
-            out["images"] = np.stack([camera_images(obs, self.cameras) for obs in observations])  # (E, N, 3, H, W)
+            # (E, N, 3, H, W)
+            out["images"] = np.stack([bigym_camera_images(obs, self.cameras) for obs in observations])
         return out
 
     def reset(self, seed: int) -> dict:

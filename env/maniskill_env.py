@@ -8,13 +8,44 @@ run as E CPU-simulated environments in worker processes (gymnasium AsyncVectorEn
 every core and the policy still sees one batch.
 """
 
-import difflib
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from datasets.maniskill_demos import camera_images, flatten_state
+from env.errors import UserInputError, did_you_mean
+
+
+# Per-task defaults for every task we can make demos for (those with a ManiSkill motion-planning solution),
+# applied when the user names only env_id; a key set in a config file or on the command line wins. The demos
+# are planned in joint space and replayed into control_mode, which must be able to follow the planner's motion:
+# pd_ee_delta_pos holds the gripper's orientation, which only the cube tasks tolerate (0-40% of the other tasks'
+# demos survive it), so the others turn the gripper with pd_ee_delta_pose, or, for PlugCharger, move the joints
+# (pd_ee_delta_pose loses a quarter of its demos and stretches some to 3x their length). max_episode_steps
+# leaves room beyond the longest demo (ManiSkill registers most of these tasks with 50 steps, sized for RL).
+TASK_RECIPES = {
+    # ManiSkill's own ACT baseline (examples/baselines/act/examples.sh)
+    "PickCube-v1": {"control_mode": "pd_ee_delta_pos", "max_episode_steps": 100},
+    "PushCube-v1": {"control_mode": "pd_ee_delta_pos", "max_episode_steps": 100},
+    "StackCube-v1": {"control_mode": "pd_ee_delta_pos", "max_episode_steps": 200},
+    "PegInsertionSide-v1": {"control_mode": "pd_ee_delta_pose", "max_episode_steps": 300},
+    # No ManiSkill baseline: the controller the planner's demos were measured to convert into (README), and
+    # about 1.5x the longest of those demos.
+    "PullCube-v1": {"control_mode": "pd_ee_delta_pos", "max_episode_steps": 120},
+    "LiftPegUpright-v1": {"control_mode": "pd_ee_delta_pose", "max_episode_steps": 250},
+    "PlugCharger-v1": {"control_mode": "pd_joint_delta_pos", "max_episode_steps": 350},
+    "PlaceSphere-v1": {"control_mode": "pd_ee_delta_pose", "max_episode_steps": 200},
+}
+
+
+def task_recipe(cfg) -> tuple[str, dict]:
+    """utils.config's task_defaults hook: the recipe of cfg.env_id, or nothing for a task without one."""
+    check_env_id(cfg.env_id)
+    if cfg.env_id not in TASK_RECIPES:
+        print(f"[config] no recipe for {cfg.env_id}: control_mode={cfg.control_mode}, "
+              f"max_episode_steps={cfg.max_episode_steps} as configured")
+        return "", {}
+    return f"{cfg.env_id} recipe (TASK_RECIPES in env/maniskill_env.py)", TASK_RECIPES[cfg.env_id]
 
 
 def resolve_backends(sim_backend: str, render_backend: str) -> tuple[str, str]:
@@ -32,8 +63,40 @@ def check_env_id(env_id: str):
 
     if env_id not in gym.registry:
         names = [name for name in gym.registry if name.endswith("-v1")]
-        close = difflib.get_close_matches(env_id, names, n=3)
-        raise ValueError(f"unknown ManiSkill env_id '{env_id}'." + (f" Did you mean: {', '.join(close)}?" if close else ""))
+        raise UserInputError(f"unknown ManiSkill env_id '{env_id}'." + did_you_mean(env_id, names))
+
+
+def maniskill_state_vector(obs: dict) -> np.ndarray:
+    """(B, S) proprioception + task state from a ManiSkill observation dict (leading batch or time axis B),
+    in a fixed (sorted-key) order.
+
+    Works on both an HDF5 group and the env's observation dict, so training and rollouts agree.
+    Camera data (sensor_data, sensor_param) is not part of the state vector.
+    """
+    parts = []
+    for key in sorted(obs.keys()):
+        if key in ("sensor_data", "sensor_param"):
+            continue
+        value = obs[key]
+        if hasattr(value, "keys"):
+            parts.append(maniskill_state_vector(value))
+        else:
+            value = np.asarray(value, dtype=np.float32)
+            parts.append(value.reshape(value.shape[0], -1))
+    return np.concatenate(parts, axis=1)
+
+
+def maniskill_camera_images(sensor_data, cameras: list[str], use_depth: bool) -> np.ndarray:
+    """(T, N, C, H, W) uint8 images of the given cameras; depth (mm, int16) becomes a 4th channel in uint8."""
+    per_camera = []
+    for name in cameras:
+        frames = np.asarray(sensor_data[name]["rgb"])  # (T, H, W, 3) uint8
+        if use_depth:
+            # Depth in mm; 0..2.55 m mapped to 0..255 so it rides along as a uint8 image channel.
+            depth = np.asarray(sensor_data[name]["depth"]).astype(np.float32)  # (T, H, W, 1)
+            frames = np.concatenate([frames, np.clip(depth / 10.0, 0, 255).astype(np.uint8)], axis=-1)
+        per_camera.append(frames.transpose(0, 3, 1, 2))  # (T, C, H, W)
+    return np.stack(per_camera, axis=1)
 
 
 def _make_single_cpu_env(env_kwargs: dict):
@@ -71,8 +134,8 @@ class ManiSkillEnv:
             obs = common.to_numpy(obs)
         if self.obs_mode == "state":
             return {"state": np.asarray(obs, dtype=np.float32)}
-        return {"state": flatten_state({k: obs[k] for k in ("agent", "extra")}),
-                "images": camera_images(obs["sensor_data"], self.cameras, use_depth=self.obs_mode == "rgbd")}
+        images = maniskill_camera_images(obs["sensor_data"], self.cameras, use_depth=self.obs_mode == "rgbd")
+        return {"state": maniskill_state_vector({k: obs[k] for k in ("agent", "extra")}), "images": images}
 
     def reset(self, seed: int) -> dict:
         obs, _ = self.env.reset(seed=[seed + i for i in range(self.num_envs)])

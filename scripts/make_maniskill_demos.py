@@ -4,7 +4,8 @@
     python scripts/make_maniskill_demos.py --env-id PickCube-v1 --num-demos 100 --obs-mode rgb
 
 The file lands where the training configs look for it (demos/<env_id>/<N>demos.<obs_mode>.<control_mode>.h5);
-re-running with the file present does nothing. The training scripts call the same code automatically.
+re-running with the file present does nothing, and a killed run resumes from its finished chunks. The control
+mode defaults to the task's recipe (env/maniskill_env.py). The training scripts call the same code automatically.
 """
 
 import argparse
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.maniskill_demos import (SUPPORTED_OBS_MODES, default_demo_path,  # noqa: E402
                                       generate_demos, motion_planning_solutions)
+from env.maniskill_env import TASK_RECIPES  # noqa: E402
 from utils.config import repo_path  # noqa: E402
 
 
@@ -24,11 +26,14 @@ def main():
     parser.add_argument("--env-id", default="PickCube-v1", choices=sorted(motion_planning_solutions()))
     parser.add_argument("--num-demos", type=int, default=100)
     parser.add_argument("--obs-mode", default="state", choices=SUPPORTED_OBS_MODES)
-    parser.add_argument("--control-mode", default="pd_ee_delta_pos")
+    parser.add_argument("--control-mode", help="default: the task's recipe (e.g. pd_ee_delta_pose for LiftPegUpright)")
     parser.add_argument("--demo-dir", default="demos")
     parser.add_argument("--out", help="output .h5 path (default: the path the training configs expect)")
     parser.add_argument("--seed", type=int, default=0, help="first motion-planning seed")
     args = parser.parse_args()
+    if args.control_mode is None:
+        args.control_mode = TASK_RECIPES[args.env_id]["control_mode"]
+        print(f"[demos] control mode {args.control_mode}: the {args.env_id} recipe")
     out = Path(args.out) if args.out else repo_path(
         default_demo_path(args.demo_dir, args.env_id, args.obs_mode, args.control_mode, args.num_demos))
     started = time.time()

@@ -17,6 +17,7 @@ from datasets.bigym_solvers import SOLVERS  # noqa: E402
 from datasets.replay_buffer import ChunkDataset, compute_stats  # noqa: E402
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, BiGymEnv, make_bigym_env, resolve_task, task_classes,  # noqa: E402
                            to_snake_case)
+from env.errors import UserInputError  # noqa: E402
 from models.act import ACT  # noqa: E402
 from models.policy import ACTPolicy, ChunkedActionExecutor  # noqa: E402
 
@@ -149,7 +150,7 @@ def test_missing_demos_offline_error(tmp_path, monkeypatch):
 
     # The real DemoStore path runs; only the download itself is made to fail.
     monkeypatch.setattr(demo_store.wget, "download", no_network)
-    with pytest.raises(RuntimeError, match="To provide demos offline") as error:
+    with pytest.raises(UserInputError, match="To provide demos offline") as error:
         load_bigym_demos("DishwasherClose", 1, CAMERAS, IMAGE_SIZE, "absolute", CONTROL_FREQUENCY, True,
                          cache_root=tmp_path)
     message = str(error.value)

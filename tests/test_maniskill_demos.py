@@ -1,14 +1,22 @@
 """Real ManiSkill demonstrations made inside the test with the motion planner + replay tool."""
 
 import json
+import subprocess
+import sys
+import time
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from datasets.maniskill_demos import generate_demos, load_maniskill_demos
+from datasets.maniskill_demos import generate_demos, load_maniskill_demos, motion_planning_solutions
 from datasets.replay_buffer import ChunkDataset
+from env.errors import UserInputError
+from env.maniskill_env import TASK_RECIPES, task_recipe
+from utils.config import REPO_ROOT, load_config
+
+DEFAULT = "configs/ACT_maniskill_config.yaml"
 
 
 def test_state_demos_load_with_expected_shapes(pickcube_state_demos):
@@ -55,10 +63,64 @@ def test_corrupt_file_names_the_file(pickcube_state_demos, tmp_path):
     broken = tmp_path / "broken.h5"
     broken.write_bytes(b"not an hdf5 file")
     broken.with_suffix(".json").write_text(pickcube_state_demos.with_suffix(".json").read_text())
-    with pytest.raises(OSError, match="broken.h5.*not a readable HDF5"):
+    with pytest.raises(UserInputError, match="broken.h5.*not a readable HDF5"):
         load_maniskill_demos(broken, 1, "state", "pd_ee_delta_pos")
     with h5py.File(tmp_path / "empty.h5", "w") as h5:
         h5.create_group("traj_0")
     (tmp_path / "empty.json").write_text(pickcube_state_demos.with_suffix(".json").read_text())
-    with pytest.raises(KeyError, match="empty.h5.*missing dataset"):
+    with pytest.raises(UserInputError, match="empty.h5.*missing dataset"):
         load_maniskill_demos(tmp_path / "empty.h5", 1, "state", "pd_ee_delta_pos")
+
+
+def test_task_recipe_applies_unless_the_user_set_the_key(tmp_path, capsys):
+    state = "configs/ACT_maniskill_state_config.yaml"
+    cfg = load_config(DEFAULT, state, ["env_id=LiftPegUpright-v1"], task_defaults=task_recipe)
+    assert (cfg.control_mode, cfg.max_episode_steps) == ("pd_ee_delta_pose", 250)
+    assert "LiftPegUpright-v1 recipe" in capsys.readouterr().out
+    cfg = load_config(DEFAULT, state, ["env_id=PegInsertionSide-v1", "control_mode=pd_joint_pos"],
+                      task_defaults=task_recipe)
+    assert (cfg.control_mode, cfg.max_episode_steps) == ("pd_joint_pos", 300)  # the command line wins
+    assert "your control_mode='pd_joint_pos' wins" in capsys.readouterr().out
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("env_id: StackCube-v1\nmax_episode_steps: 150\n")
+    cfg = load_config(DEFAULT, mine, [], task_defaults=task_recipe)
+    assert (cfg.control_mode, cfg.max_episode_steps) == ("pd_ee_delta_pos", 150)  # so does a config file
+    cfg = load_config(DEFAULT, state, ["env_id=PushT-v1"], task_defaults=task_recipe)
+    assert (cfg.control_mode, cfg.max_episode_steps) == ("pd_ee_delta_pos", 100)  # no recipe: the config's
+    assert "no recipe for PushT-v1" in capsys.readouterr().out
+    assert set(TASK_RECIPES) == set(motion_planning_solutions())  # every task we can make demos for
+
+
+def test_conversion_that_cannot_succeed_stops_after_the_probe_and_resumes(tmp_path):
+    """LiftPegUpright turns the peg: pd_ee_delta_pos cannot follow, so generation stops after the first seeds
+    with a message naming the mode that works; a second run reuses the planned chunk instead of planning again."""
+    out = tmp_path / "LiftPegUpright-v1" / "20demos.state.pd_ee_delta_pos.h5"
+    started = time.time()
+    with pytest.raises(UserInputError, match=r"only 0 of the first 5 .*control_mode=pd_ee_delta_pos.*"
+                                           r"set control_mode=pd_ee_delta_pose \(the recipe for LiftPegUpright-v1\)"):
+        generate_demos("LiftPegUpright-v1", 20, "state", "pd_ee_delta_pos", out)
+    first_run = time.time() - started
+    chunks = sorted(p.name for p in (tmp_path / "LiftPegUpright-v1" / f".work_{out.stem}").iterdir())
+    assert chunks == ["seeds_000000-000004"] and not out.exists()  # only the probe was planned
+    started = time.time()
+    with pytest.raises(UserInputError, match="only 0 of the first 5"):
+        generate_demos("LiftPegUpright-v1", 20, "state", "pd_ee_delta_pos", out)
+    assert time.time() - started < first_run / 3  # nothing planned or replayed again
+
+
+def test_generation_killed_while_planning_resumes(tmp_path):
+    out = tmp_path / "PickCube-v1" / "4demos.state.pd_ee_delta_pos.h5"
+    code = f"from datasets.maniskill_demos import generate_demos; " \
+           f"generate_demos('PickCube-v1', 4, 'state', 'pd_ee_delta_pos', {str(out)!r})"
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    planning = out.parent / f".work_{out.stem}" / "seeds_000000-000004.planning"
+    deadline = time.time() + 120
+    while not (planning / "motionplanning.h5").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    child.kill()
+    child.wait()
+    assert planning.exists() and not out.exists()
+    generate_demos("PickCube-v1", 4, "state", "pd_ee_delta_pos", out)  # starts the interrupted chunk afresh
+    assert len(load_maniskill_demos(out, 4, "state", "pd_ee_delta_pos")) == 4
+    assert {p.name for p in out.parent.iterdir()} == {out.name, out.with_suffix(".json").name}  # work dir gone

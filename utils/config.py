@@ -162,24 +162,48 @@ def check_values(cfg: "Config", source: str = "config"):
         raise ConfigError(f"{source}: mode=eval needs checkpoint=<path to a .pt file>")
 
 
-def load_config(default_path, config_path=None, overrides=()) -> Config:
-    """default config (schema) <- user config file <- `key=value` overrides, range-checked."""
+def load_config(default_path, config_path=None, overrides=(), task_defaults=None) -> Config:
+    """default config (schema) <- task defaults <- user config file <- `key=value` overrides, range-checked.
+
+    task_defaults(cfg) -> (name, {dotted key: value}) gives defaults that depend on the chosen task (cfg.env_id
+    as the user set it), e.g. a ManiSkill task's control mode; they sit below the user's own settings, so a key
+    the user sets in a config file or on the command line always wins.
+    """
     schema = read_yaml(_find(default_path))
-    tree = yaml.safe_load(yaml.safe_dump(schema))  # a deep copy to fill in
+    user_file = {}
     if config_path and _find(config_path).resolve() != _find(default_path).resolve():
-        for key, value in read_yaml(_find(config_path)).items():
+        user_file = read_yaml(_find(config_path))
+
+    def merge(task_layer: dict, task_source: str = "") -> Config:
+        tree = yaml.safe_load(yaml.safe_dump(schema))  # a deep copy to fill in
+        for key, value in task_layer.items():
+            _set(schema, tree, key, value, source=task_source)
+        for key, value in user_file.items():
             _set(schema, tree, key, value, source=str(config_path))
-    cfg = to_config(_apply_overrides(schema, tree, overrides))
+        return to_config(_apply_overrides(schema, tree, overrides))
+
+    cfg = merge({})
+    name, values = task_defaults(cfg) if task_defaults else ("", {})
+    if values:
+        cfg = merge(values, name)
+        yours = [key for key in values if _get(cfg, key) != values[key]]
+        print(f"[config] {name}: " + ", ".join(f"{key}={value!r}" for key, value in values.items())
+              + (f" (your {', '.join(f'{key}={_get(cfg, key)!r}' for key in yours)} wins)" if yours else ""))
     check_values(cfg, source=str(config_path or default_path) + " + command line")
     return cfg
 
 
-def parse_args(default_config: str, description: str) -> tuple[Config, dict | None]:
-    """Command line -> (Config, the checkpoint being resumed or evaluated, or None).
+def _get(cfg: Config, dotted_key: str):
+    for part in dotted_key.split("."):
+        cfg = cfg[part]
+    return cfg
 
-    `resume=` and `mode=eval checkpoint=` start from the checkpoint's own config, so a run continues (or is
-    evaluated) with the settings it was trained with; overrides still apply. The checkpoint is read once here.
-    """
+
+def parse_args(default_config: str, description: str, task_defaults=None) -> tuple[Config, dict | None]:
+    """Command line -> (Config, the checkpoint being resumed or evaluated, or None); task_defaults: see
+    load_config. `resume=` and `mode=eval checkpoint=` start from the checkpoint's own config, so a run
+    continues (or is evaluated) with the settings it was trained with; overrides still apply. The checkpoint
+    is read once, here."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Any config key can be overridden with key=value, nested keys with "
                                             "dots: total_iters=1000 model.d_model=128 wandb.mode=disabled")
@@ -188,8 +212,8 @@ def parse_args(default_config: str, description: str) -> tuple[Config, dict | No
     args = parser.parse_args()
     cfg = load_config(default_config, args.config, args.overrides)
     source = cfg.resume or (cfg.checkpoint if cfg.mode == "eval" else None)
-    if not source:
-        return cfg, None
+    if not source:  # a new run: the task is known now, so its recipe (if any) can fill in defaults
+        return (load_config(default_config, args.config, args.overrides, task_defaults) if task_defaults else cfg), None
     from utils.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(repo_path(source))

@@ -19,13 +19,12 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_CONFIG = "configs/ACT_maniskill_state_config.yaml"
-# Episode lengths that fit each task's demonstrations (the ManiSkill baselines' settings).
-EPISODE_STEPS = {"PickCube-v1": 100, "PushCube-v1": 100, "StackCube-v1": 200}
 
 
 def train(env_id: str, extra: list[str]) -> None:
-    command = [sys.executable, "ACT_for_Maniskill.py", "--config", STATE_CONFIG, f"env_id={env_id}",
-               f"max_episode_steps={EPISODE_STEPS.get(env_id, 100)}", f"exp_name=table", *extra]
+    """The project's own command; the task's recipe (env/maniskill_env.py) sets control mode and episode length."""
+    command = [sys.executable, "ACT_for_Maniskill.py", "--config", STATE_CONFIG, f"env_id={env_id}", "exp_name=table",
+               *extra]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, cwd=REPO_ROOT, check=True)
 

@@ -6,6 +6,7 @@
     python ACT_for_Maniskill.py env_id=LiftPegUpright-v1         # the task's recipe: pd_ee_delta_pose, 250 steps
     python ACT_for_Maniskill.py resume=ckpts/<run>/last.pt                            # continue a run
     python ACT_for_Maniskill.py mode=eval checkpoint=ckpts/<run>/best.pt              # evaluate only
+    torchrun --standalone --nproc_per_node=2 ACT_for_Maniskill.py ...                # 2 processes (DDP)
 
 The story: config -> demonstrations -> replay buffer -> ACT policy -> training loop (validation on
 held-out demos, success rate in the simulator, checkpoints, videos) -> final evaluation.
@@ -16,6 +17,7 @@ from datasets.replay_buffer import infer_action_type
 from env.maniskill_env import ManiSkillEnv, check_env_id, task_recipe
 from utils.allocator import reuse_freed_memory
 from utils.config import parse_args, repo_path, run_main
+from utils.distributed import init_distributed, main_process_first
 from utils.training import build_policy, evaluate_checkpoint, final_summary, prepare_data, start_run, train
 
 DEFAULT_CONFIG = "configs/ACT_maniskill_config.yaml"
@@ -37,20 +39,25 @@ def make_env(cfg, num_envs: int) -> ManiSkillEnv:
 
 
 def main():
+    # 0. Processes: under torchrun join its process group (rank 0 reports and writes); plain python: one process.
+    distributed = init_distributed()
+
     # 1. Config: YAML + the task's recipe (control mode, episode length) + key=value overrides; resume / eval
     #    start from the checkpoint's own config.
     cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__, task_defaults=task_recipe)
     check_env_id(cfg.env_id)
     # CPU training steps run faster when glibc keeps freed memory for reuse (process-wide; utils/allocator.py).
     reuse_freed_memory()
-    run = start_run(cfg, checkpoint)
+    run = start_run(cfg, checkpoint, distributed)
     if cfg.mode == "eval":
         evaluate_checkpoint(cfg, run, lambda n: make_env(cfg, n))
         return
 
     # 2. Data: demonstrations -> train/validation replay buffers + normalisation statistics.
     action_type = infer_action_type(cfg.control_mode) if cfg.action_type == "auto" else cfg.action_type
-    data = prepare_data(cfg, load_episodes(cfg), action_type)
+    with main_process_first(distributed):  # under torchrun rank 0 makes missing demos, then the others load
+        episodes = load_episodes(cfg)
+    data = prepare_data(cfg, episodes, action_type)
 
     # 3. Model: the ACT policy, sized by cfg.model, carrying the statistics.
     policy = build_policy(cfg, data.shape_meta, data.stats, checkpoint)

@@ -7,6 +7,7 @@
     python ACT_for_bigym.py --config configs/ACT_bigym_cpu_config.yaml               # scripted demos, CPU-sized
     python ACT_for_bigym.py resume=ckpts/<run>/last.pt                               # continue a run
     python ACT_for_bigym.py mode=eval checkpoint=ckpts/<run>/best.pt                 # evaluate only
+    torchrun --standalone --nproc_per_node=2 ACT_for_bigym.py ...                    # 2 processes (DDP)
 
 The story: config -> demonstrations (BiGym's DemoStore: human demos, or scripted ones made here; re-rendered
 for the configured cameras) -> replay
@@ -18,6 +19,7 @@ from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, load_bigym_demos
 from env.bigym_env import BiGymEnv, resolve_task
 from utils.allocator import reuse_freed_memory
 from utils.config import parse_args, repo_path, run_main
+from utils.distributed import init_distributed, main_process_first
 from utils.training import build_policy, evaluate_checkpoint, final_summary, prepare_data, start_run, train
 
 DEFAULT_CONFIG = "configs/ACT_bigym_config.yaml"
@@ -41,18 +43,23 @@ def make_env(cfg, num_envs: int) -> BiGymEnv:
 
 
 def main():
+    # 0. Processes: under torchrun join its process group (rank 0 reports and writes); plain python: one process.
+    distributed = init_distributed()
+
     # 1. Config: YAML + key=value overrides (resume / eval start from the checkpoint's own config).
     cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__)
     resolve_task(cfg.env_id)
     # CPU training steps run faster when glibc keeps freed memory for reuse (process-wide; utils/allocator.py).
     reuse_freed_memory()
-    run = start_run(cfg, checkpoint)
+    run = start_run(cfg, checkpoint, distributed)
     if cfg.mode == "eval":
         evaluate_checkpoint(cfg, run, lambda n: make_env(cfg, n))
         return
 
     # 2. Data: demonstrations -> train/validation replay buffers + normalisation statistics.
-    data = prepare_data(cfg, load_episodes(cfg), action_type=cfg.action_mode)
+    with main_process_first(distributed):  # under torchrun rank 0 makes missing demos and caches first
+        episodes = load_episodes(cfg)
+    data = prepare_data(cfg, episodes, action_type=cfg.action_mode)
 
     # 3. Model: the ACT policy, sized by cfg.model, carrying the statistics.
     policy = build_policy(cfg, data.shape_meta, data.stats, checkpoint)

@@ -103,22 +103,27 @@ class RandomBatchSampler(torch.utils.data.Sampler):
     """Endless uniformly random batches of indices; batch i depends only on (seed, i).
 
     That makes the data stream identical for any num_workers and lets a resumed run continue with
-    exactly the batches it would have seen (start_iter).
+    exactly the batches it would have seen (start_iter). Under torchrun the global batch of iteration i is
+    the same draw, and rank r takes its r-th contiguous slice of batch_size / world_size samples.
     """
 
-    def __init__(self, dataset_size: int, batch_size: int, seed: int, start_iter: int = 0):
+    def __init__(self, dataset_size: int, batch_size: int, seed: int, start_iter: int = 0, rank: int = 0,
+                 world_size: int = 1):
         self.dataset_size, self.batch_size, self.seed, self.start_iter = dataset_size, batch_size, seed, start_iter
+        self.rank_slice = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
 
     def __iter__(self):
         iteration = self.start_iter
         while True:
             rng = np.random.default_rng([self.seed, iteration])
-            yield rng.integers(0, self.dataset_size, self.batch_size)
+            yield rng.integers(0, self.dataset_size, self.batch_size)[self.rank_slice]
             iteration += 1
 
 
-def make_train_loader(dataset: ChunkDataset, batch_size: int, seed: int, num_workers: int, start_iter: int = 0):
-    sampler = RandomBatchSampler(len(dataset), batch_size, seed, start_iter)
+def make_train_loader(dataset: ChunkDataset, batch_size: int, seed: int, num_workers: int, start_iter: int = 0,
+                      rank: int = 0, world_size: int = 1):
+    """batch_size is the global batch; each of world_size ranks loads its share."""
+    sampler = RandomBatchSampler(len(dataset), batch_size, seed, start_iter, rank, world_size)
     # batch_size=None: the sampler yields whole index arrays and the dataset gathers them in one go.
     # generator: the loader draws its worker base seed from this one, not from the global random state
     # (a draw there would shift every dropout mask after a resume).
@@ -127,7 +132,8 @@ def make_train_loader(dataset: ChunkDataset, batch_size: int, seed: int, num_wor
                                        generator=torch.Generator().manual_seed(seed))
 
 
-def iterate_in_order(dataset: ChunkDataset, batch_size: int):
-    """Every sample once, in order (validation)."""
-    for begin in range(0, len(dataset), batch_size):
-        yield dataset[np.arange(begin, min(begin + batch_size, len(dataset)))]
+def iterate_in_order(dataset: ChunkDataset, batch_size: int, rank: int = 0, world_size: int = 1):
+    """Every sample once, in order (validation); under torchrun rank r takes samples r, r + world_size, ..."""
+    indices = np.arange(rank, len(dataset), world_size)
+    for begin in range(0, len(indices), batch_size):
+        yield dataset[indices[begin:begin + batch_size]]

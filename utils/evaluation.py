@@ -22,14 +22,22 @@ def _stacked(history: deque, key: str) -> np.ndarray:
 @torch.no_grad()
 def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_stack: int = 1,
                     temporal_ensemble: bool = True, ensemble_k: float = 0.01, query_frequency: int | None = None,
-                    video_dir=None, num_video_episodes: int = 0, video_prefix: str = "", fps: int = 20) -> dict:
+                    video_dir=None, num_video_episodes: int = 0, video_prefix: str = "", fps: int = 20,
+                    rank: int = 0, world_size: int = 1) -> dict:
+    """Play num_episodes episodes in rounds of env.num_envs; round k resets with seeds seed + k * num_envs + i.
+
+    Under torchrun rank r plays rounds r, r + world_size, ...: every episode runs in the same round, with the
+    same seeds and batch, as in a single process, so the gathered outcomes are the single-process ones.
+    Returns {"episodes": [per-episode outcome dicts, the ones this rank played], "videos": [paths]}.
+    """
     policy.eval()
     device = policy.action_mean.device
     executor = ChunkedActionExecutor(policy.model.chunk_size, temporal_ensemble, ensemble_k, query_frequency)
-    success_once, success_at_end, returns, lengths, videos = [], [], [], [], []
+    episodes, videos = [], []
     num_rounds = -(-num_episodes // env.num_envs)
-    for round_index in range(num_rounds):
-        obs = env.reset(seed=seed + round_index * env.num_envs)
+    for round_index in range(rank, num_rounds, world_size):
+        round_seed = seed + round_index * env.num_envs
+        obs = env.reset(seed=round_seed)
         # The frame stack starts filled with the first observation, as the dataset clamps at episode start.
         history = deque([obs] * frame_stack, maxlen=frame_stack)
         executor.reset()
@@ -54,10 +62,14 @@ def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_
             ever_success |= success
             if record:
                 frames.append(env.render(num_record))
-        success_once += ever_success.tolist()
-        success_at_end += success.tolist()
-        returns += episode_return.tolist()
-        lengths += first_success_step.tolist()
+        for env_index in range(env.num_envs):
+            episode = round_index * env.num_envs + env_index
+            if episode < num_episodes:  # the last round may run spare environments; they are not counted
+                episodes.append({"episode": episode, "seed": round_seed + env_index,
+                                 "success_once": bool(ever_success[env_index]),
+                                 "success_at_end": bool(success[env_index]),
+                                 "return": float(episode_return[env_index]),
+                                 "first_success_step": int(first_success_step[env_index])})
         if record:
             frames = np.stack(frames, axis=1)  # (num_record, T+1, H, W, 3)
             for env_index in range(num_record):
@@ -67,12 +79,16 @@ def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_
                 path.parent.mkdir(parents=True, exist_ok=True)
                 imageio.mimsave(path, list(frames[env_index]), fps=fps, macro_block_size=1)
                 videos.append(str(path))
-    count = num_episodes  # the last round may run spare environments; they are not counted
+    return {"episodes": episodes, "videos": videos}
+
+
+def summarize(episodes: list[dict]) -> dict:
+    """Per-episode outcomes -> the rates and means that get logged."""
     return {
-        "success_once": float(np.mean(success_once[:count])),
-        "success_at_end": float(np.mean(success_at_end[:count])),
-        "return": float(np.mean(returns[:count])),
-        "first_success_step": float(np.mean(lengths[:count])),  # max_episode_steps when never
-        "num_episodes": count,
-        "videos": videos,
+        "success_once": float(np.mean([e["success_once"] for e in episodes])),
+        "success_at_end": float(np.mean([e["success_at_end"] for e in episodes])),
+        "return": float(np.mean([e["return"] for e in episodes])),
+        # the control step of first success; max_episode_steps for an episode that never succeeds
+        "first_success_step": float(np.mean([e["first_success_step"] for e in episodes])),
+        "num_episodes": len(episodes),
     }

@@ -65,7 +65,7 @@ class RunLogger:
         import matplotlib.pyplot as plt
 
         rows = self.read_metrics()
-        panels = [("L1 loss", ["train/l1", "val/l1"]), ("KL", ["train/kl", "val/kl"]),
+        panels = [("L1 loss", ["train/l1", "val/l1", "val/l1_posterior"]), ("KL", ["train/kl", "val/kl"]),
                   ("learning rate", ["train/lr"]), ("success rate", ["eval/success_once", "eval/success_at_end"])]
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
         for axis, (title, keys) in zip(axes, panels):
@@ -86,3 +86,21 @@ class RunLogger:
     def finish(self):
         if self.wandb:
             self.wandb.finish()
+
+
+class NullLogger:
+    """What ranks other than 0 log to under torchrun: nothing (rank 0 writes for everyone)."""
+
+    wandb_id = None
+
+    def log(self, metrics: dict, iteration: int):
+        pass
+
+    def log_video(self, path, iteration: int):
+        pass
+
+    def plot_curves(self):
+        pass
+
+    def finish(self):
+        pass

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from datasets.replay_buffer import ChunkDataset, compute_stats, iterate_in_order, make_train_loader, split_episodes
@@ -24,19 +25,21 @@ from models.act import ACT
 from models.policy import ACTPolicy
 from utils.checkpoint import restore_rng_state, rng_state, save_checkpoint
 from utils.config import Config, repo_path, to_config
-from utils.evaluation import evaluate_policy
-from utils.logger import RunLogger
+from utils.distributed import Distributed, all_gather, all_sum, broadcast, shutdown_distributed
+from utils.evaluation import evaluate_policy, summarize
+from utils.logger import NullLogger, RunLogger
 
 
 # --------------------------------------------------------------------------------------------------
 # Run set-up
 # --------------------------------------------------------------------------------------------------
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def select_device(name: str, distributed: Distributed) -> torch.device:
+    """auto: CUDA when available (under torchrun each process its own GPU, cuda:LOCAL_RANK), else the CPU."""
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(f"device='{name}' was asked for but CUDA is not available; use device=auto or cpu")
-    return torch.device(name)
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", distributed.local_rank) if name in ("auto", "cuda") else torch.device(name)
 
 
 def seed_everything(seed: int):
@@ -51,36 +54,52 @@ class Run:
     ckpt_dir: Path
     video_dir: Path
     device: torch.device
-    logger: RunLogger
+    logger: RunLogger | NullLogger
     checkpoint: dict | None  # the checkpoint being resumed or evaluated, if any
     started: float  # time.time() at start-up: eval rows log the wall time since then as time/elapsed_s
+    distributed: Distributed  # rank and world size under torchrun; rank 0 of 1 otherwise
+
+    def finish(self):
+        self.logger.finish()
+        shutdown_distributed()
 
 
-def start_run(cfg: Config, checkpoint: dict | None) -> Run:
+def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = Distributed()) -> Run:
     """Seed, pick the device, name the run and open its folders and logger.
 
     `checkpoint` (from parse_args) is the one being resumed or evaluated. Resuming continues its run (same
     name and folders, same W&B run); evaluation-only gets a fresh run named after the evaluated one.
+    Under torchrun (`distributed` from utils.distributed.init_distributed) only rank 0 writes.
     """
     started = time.time()
-    seed_everything(cfg.seed)
-    device = select_device(cfg.device)
+    if distributed.enabled and cfg.batch_size % distributed.world_size:
+        raise UserInputError(f"batch_size={cfg.batch_size} is the global batch and must divide by the "
+                             f"{distributed.world_size} processes; e.g. batch_size="
+                             f"{cfg.batch_size // distributed.world_size * distributed.world_size}")
+    seed_everything(cfg.seed + distributed.rank)  # different dropout draws per rank; DDP syncs the weights
+    device = select_device(cfg.device, distributed)
     if cfg.mode == "eval":
         name = f"{checkpoint['run_name']}-eval-{time.strftime('%Y%m%d-%H%M%S')}"
     elif checkpoint is not None:
         name = checkpoint["run_name"]
     else:
         name = f"{cfg.exp_name}-{cfg.env_id}-{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = broadcast(name)  # rank 0's clock names the run
     ckpt_dir, video_dir = repo_path(cfg.ckpt_dir) / name, repo_path(cfg.video_dir) / name
+    if not distributed.is_main:
+        return Run(name, ckpt_dir, video_dir, device, NullLogger(), checkpoint, started, distributed)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (ckpt_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     (ckpt_dir / "run_info.json").write_text(json.dumps({"device": device_name, "torch": torch.__version__,
+                                                         "processes": distributed.world_size,
                                                          "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
     wandb_id = checkpoint.get("wandb_id") if checkpoint and cfg.mode == "train" else None
     logger = RunLogger(ckpt_dir, name, cfg.to_dict(), cfg.wandb, wandb_id)
-    print(f"[run] {name} on {device}\n      checkpoints, metrics, curves: {ckpt_dir}\n      videos: {video_dir}")
-    return Run(name, ckpt_dir, video_dir, device, logger, checkpoint, started)
+    processes = f" x {distributed.world_size} processes (torchrun)" if distributed.enabled else ""
+    print(f"[run] {name} on {device}{processes}\n      checkpoints, metrics, curves: {ckpt_dir}\n"
+          f"      videos: {video_dir}")
+    return Run(name, ckpt_dir, video_dir, device, logger, checkpoint, started, distributed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,17 +235,19 @@ class TrainingDiverged(RuntimeError):
 # Validation, simulator evaluation, checkpoints
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def validate(policy: ACTPolicy, dataset: ChunkDataset, batch_size: int, device) -> dict:
+def validate(policy: ACTPolicy, dataset: ChunkDataset, batch_size: int, device,
+             distributed: Distributed = Distributed()) -> dict:
     """Loss on every held-out sample, eval mode (no dropout). Two L1 figures:
 
     val/l1            the deployed policy: z = 0, as in a rollout. The figure to watch; best.pt follows it
                       when the run does not evaluate in the simulator.
     val/l1_posterior  z = the posterior mean, computed from the target chunk itself: how well the CVAE
                       reconstructs, not how well the policy acts. Reported beside val/kl.
+    Under torchrun each rank takes a share of the samples and the sums are added up over ranks.
     """
     policy.eval()
     totals, count = {"l1": 0.0, "l1_posterior": 0.0, "kl": 0.0}, 0
-    for batch in iterate_in_order(dataset, batch_size):
+    for batch in iterate_in_order(dataset, batch_size, distributed.rank, distributed.world_size):
         batch = {k: v.to(device) for k, v in batch.items()}
         posterior = policy(batch)
         size = len(batch["actions"])
@@ -234,7 +255,8 @@ def validate(policy: ACTPolicy, dataset: ChunkDataset, batch_size: int, device) 
         totals["l1_posterior"] += posterior["l1"].item() * size
         totals["kl"] += posterior["kl"].item() * size
         count += size
-    return {f"val/{k}": v / count for k, v in totals.items()}
+    *sums, count = all_sum([*totals.values(), count], device)
+    return {f"val/{k}": total / count for k, total in zip(totals, sums)}
 
 
 def run_simulator_eval(cfg, run, policy, env, iteration: int, prefix: str) -> dict:
@@ -247,27 +269,32 @@ def run_simulator_eval(cfg, run, policy, env, iteration: int, prefix: str) -> di
     result = evaluate_policy(policy, env, cfg.num_eval_episodes, cfg.eval_seed, frame_stack=cfg.frame_stack,
                              temporal_ensemble=cfg.temporal_ensemble, ensemble_k=cfg.ensemble_k,
                              query_frequency=cfg.query_frequency,
-                             video_dir=run.video_dir if cfg.capture_video else None,
-                             num_video_episodes=cfg.num_video_episodes, video_prefix=prefix)
+                             video_dir=run.video_dir if cfg.capture_video and run.distributed.is_main else None,
+                             num_video_episodes=cfg.num_video_episodes, video_prefix=prefix,
+                             rank=run.distributed.rank, world_size=run.distributed.world_size)
     restore_rng_state(saved_rng)
-    metrics = {f"eval/{k}": v for k, v in result.items() if k != "videos"}
+    episodes = sorted(sum(all_gather(result["episodes"]), []), key=lambda e: e["episode"])
+    if run.distributed.is_main:  # which seeds failed, for a closer look
+        (run.ckpt_dir / f"episodes_{prefix.rstrip('_')}.json").write_text(json.dumps(episodes, indent=0))
+    summary = summarize(episodes)
+    metrics = {f"eval/{k}": v for k, v in summary.items()}
     metrics["eval/seconds"] = time.time() - started
     metrics["time/elapsed_s"] = time.time() - run.started
     run.logger.log(metrics, iteration)
     for path in result["videos"]:
         run.logger.log_video(path, iteration)
-    print(f"[eval @ {iteration}] success_once {result['success_once']:.1%}  success_at_end "
-          f"{result['success_at_end']:.1%}  return {result['return']:.2f}  over {result['num_episodes']} episodes "
+    print(f"[eval @ {iteration}] success_once {summary['success_once']:.1%}  success_at_end "
+          f"{summary['success_at_end']:.1%}  return {summary['return']:.2f}  over {summary['num_episodes']} episodes "
           f"({metrics['eval/seconds']:.0f}s)" + (f"; videos in {run.video_dir}" if result["videos"] else ""))
     return metrics
 
 
-def _checkpoint_payload(cfg, run, policy, ema, optimizer, iteration, data, best) -> dict:
+def _checkpoint_payload(cfg, run, policy, ema, optimizer, iteration, data, best, rng_states) -> dict:
     shape_meta = {**data.shape_meta, "frozen_batchnorm": _uses_frozen_batchnorm(policy)}
     return {
         "policy": policy.state_dict(), "ema": ema.policy.state_dict() if ema else None,
-        "optimizer": optimizer.state_dict(), "iteration": iteration,
-        "config": cfg.to_dict(), "shape_meta": shape_meta, "rng": rng_state(), "best": best,
+        "optimizer": optimizer.state_dict(), "iteration": iteration, "world_size": run.distributed.world_size,
+        "config": cfg.to_dict(), "shape_meta": shape_meta, "rng": rng_states, "best": best,
         "run_name": run.name, "wandb_id": run.logger.wandb_id,
         "split": {"train": data.train_episodes, "val": data.val_episodes},
     }
@@ -296,8 +323,9 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
     Every eval_frequency and at the end: success rate in the simulator.
     Every save_frequency and at the end: iter_<n>.pt and last.pt (atomic writes).
     best.pt: the best simulator success so far, or the lowest validation L1 when there is no simulator eval.
+    Under torchrun (utils/distributed.py) every rank runs this same loop on its share of each batch.
     """
-    device = run.device
+    device, distributed = run.device, run.distributed
     policy.to(device)
     optimizer = build_optimizer(cfg, policy)
     ema = EMA(policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -310,10 +338,14 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
         start_iter = restore_training_state(cfg, run, policy, ema, optimizer, best)
     scheduler = build_scheduler(cfg, optimizer, start_iter)
     # Batch i depends only on (seed, i), and the loader draws nothing from the random state restored above.
-    loader = make_train_loader(data.train_set, cfg.batch_size, cfg.seed, cfg.num_workers, start_iter)
+    loader = make_train_loader(data.train_set, cfg.batch_size, cfg.seed, cfg.num_workers, start_iter,
+                               distributed.rank, distributed.world_size)
 
     eval_policy = ema.policy if ema else policy
-    train_step = torch.compile(policy) if cfg.compile else policy
+    # DDP averages the gradients over ranks inside backward(): each rank then takes the same step.
+    train_step = (DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+                  if distributed.enabled else policy)
+    train_step = torch.compile(train_step) if cfg.compile else train_step
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     env, metrics = None, {}
     running = {"loss": 0.0, "l1": 0.0, "kl": 0.0}
@@ -324,8 +356,10 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
         if not all(torch.isfinite(p).all() for p in policy.parameters()):
             raise TrainingDiverged(f"non-finite weights at iteration {iteration}; not saving {name}. The last good "
                                    f"checkpoint is {run.ckpt_dir / 'last.pt'}. Try a lower lr or grad_clip.")
-        save_checkpoint(run.ckpt_dir / name,
-                        _checkpoint_payload(cfg, run, policy, ema, optimizer, iteration, data, best))
+        rng_states = all_gather(rng_state())  # every rank's, so that each resumes its own random stream
+        if distributed.is_main:
+            save_checkpoint(run.ckpt_dir / name,
+                            _checkpoint_payload(cfg, run, policy, ema, optimizer, iteration, data, best, rng_states))
 
     def save_if_best(step: int, score: float):  # score: higher is better
         if score > best["score"]:
@@ -336,7 +370,7 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
         return step % frequency == 0 or step == cfg.total_iters
 
     bar = tqdm(range(start_iter, cfg.total_iters), initial=start_iter, total=cfg.total_iters, desc="train",
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30, disable=not distributed.is_main)
     for iteration, batch in zip(bar, loader):
         # 2. One optimisation step.
         policy.train()
@@ -357,7 +391,8 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
 
         # 3. Log the training losses averaged since the last log.
         if due(step, cfg.log_frequency):
-            means = {f"train/{k}": float(v) / window_iters for k, v in running.items()}
+            sums = all_sum([float(v) for v in running.values()], device)  # over ranks
+            means = {f"train/{k}": total / window_iters / distributed.world_size for k, total in zip(running, sums)}
             if not all(math.isfinite(v) for v in means.values()):
                 raise TrainingDiverged(
                     f"non-finite training loss at iteration {step} ({means}); stopping. The last good "
@@ -373,7 +408,7 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
 
         # 4. Validate on the held-out episodes.
         if data.val_set is not None and due(step, cfg.val_frequency):
-            metrics.update(validate(eval_policy, data.val_set, cfg.batch_size, device))
+            metrics.update(validate(eval_policy, data.val_set, cfg.batch_size, device, distributed))
             run.logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, step)
             bar.write(f"[val @ {step}] l1 {metrics['val/l1']:.4f} (deployed, z = 0)  "
                       f"l1_posterior {metrics['val/l1_posterior']:.4f}  kl {metrics['val/kl']:.4f}")
@@ -395,7 +430,7 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
     if env is not None:
         env.close()
     run.logger.plot_curves()
-    run.logger.finish()
+    run.finish()
     return metrics
 
 
@@ -407,8 +442,16 @@ def restore_training_state(cfg, run, policy, ema, optimizer, best: dict) -> int:
     optimizer.load_state_dict(ckpt["optimizer"])
     if ema:
         ema.policy.load_state_dict(ckpt["ema"] or ckpt["policy"])
-    restore_rng_state(ckpt["rng"])
-    _drop_metrics_after(run.logger, ckpt["iteration"])
+    rng_states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # a dict: older checkpoints
+    distributed = run.distributed
+    if len(rng_states) == distributed.world_size:
+        restore_rng_state(rng_states[distributed.rank])
+    else:  # the batches stay the same global ones; only dropout and z draws change
+        print(f"[resume] the checkpoint was trained by {len(rng_states)} process(es), this run has "
+              f"{distributed.world_size}: same global batch and batches, but the random draws (dropout, z samples) "
+              f"differ, so the run will not match one continued with {len(rng_states)}")
+    if distributed.is_main:
+        _drop_metrics_after(run.logger, ckpt["iteration"])
     print(f"[resume] from {cfg.resume} at iteration {ckpt['iteration']}")
     saved_best = ckpt.get("best", {"metric": "eval/success_once", "score": ckpt.get("best_success")})  # older format
     if saved_best["metric"] == best["metric"]:
@@ -436,5 +479,5 @@ def evaluate_checkpoint(cfg: Config, run: Run, make_env) -> dict:
     env = make_env(cfg.num_eval_envs)
     metrics = run_simulator_eval(cfg, run, policy, env, run.checkpoint["iteration"], prefix="eval_")
     env.close()
-    run.logger.finish()
+    run.finish()
     return metrics

@@ -1,0 +1,92 @@
+"""torchrun with the gloo backend on this CPU: real processes, 2 ranks (no GPU needed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from datasets.replay_buffer import make_train_loader
+from ddp_gradient_worker import GLOBAL_BATCH, small_policy_and_data
+from utils.config import REPO_ROOT
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def run(command, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env, **kwargs)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_ddp_step_on_two_ranks_gives_the_single_process_gradients(pickcube_state_demos, tmp_path):
+    run([*TORCHRUN, "tests/ddp_gradient_worker.py", str(pickcube_state_demos), str(tmp_path / "grads.pt")])
+    ddp_grads = torch.load(tmp_path / "grads.pt")
+
+    policy, data = small_policy_and_data(pickcube_state_demos)
+    batch = next(iter(make_train_loader(data, GLOBAL_BATCH, seed=0, num_workers=0)))  # the whole global batch
+    policy.eval()
+    policy(batch)["loss"].backward()
+    for name, param in policy.named_parameters():
+        assert torch.allclose(ddp_grads[name], param.grad, rtol=1e-4, atol=1e-6), name
+
+
+def entry(*overrides, launcher=TORCHRUN):
+    return [*launcher, "ACT_for_Maniskill.py", "--config", "configs/ACT_maniskill_state_config.yaml", *overrides]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(pickcube_state_demos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    common = [f"demo_path={pickcube_state_demos}", "num_demos=4", "val_fraction=0.25", "wandb.mode=disabled",
+              "batch_size=16", "warmup_iters=2", "model.d_model=32", "model.dim_feedforward=64", "model.chunk_size=8",
+              "max_episode_steps=15", "log_frequency=10", "num_eval_envs=2", "num_eval_episodes=6",
+              "num_video_episodes=1", f"ckpt_dir={out / 'ckpts'}", f"video_dir={out / 'videos'}", "exp_name=ddp"]
+    log = run(entry(*common, "total_iters=40", "save_frequency=20", "val_frequency=20", "eval_frequency=40"))
+    return {"out": out, "common": common, "log": log}
+
+
+def test_torchrun_training_writes_one_run_folder_from_rank_0(ddp_run):
+    out = ddp_run["out"]
+    (run_dir,) = (out / "ckpts").iterdir()
+    (video_dir,) = (out / "videos").iterdir()
+    assert len(list(video_dir.glob("*.mp4"))) == 1
+    assert ddp_run["log"].count("[run] ") == 1 and "x 2 processes (torchrun)" in ddp_run["log"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows if "train/l1" in row] == [10, 20, 30, 40]  # once, not once per rank
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=False)
+    assert checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
+
+
+def test_torchrun_resume_with_the_same_world_size_continues_exactly(ddp_run):
+    (run_dir,) = (ddp_run["out"] / "ckpts").iterdir()
+    uninterrupted = torch.load(run_dir / "last.pt", weights_only=False)
+    log = run(entry(*ddp_run["common"], f"resume={run_dir / 'iter_0000020.pt'}", "num_eval_episodes=0"))
+    assert "at iteration 20" in log and "random draws" not in log
+    resumed = torch.load(run_dir / "last.pt", weights_only=False)
+    assert resumed["iteration"] == 40
+    for name, tensor in uninterrupted["policy"].items():
+        assert torch.equal(tensor, resumed["policy"][name]), name
+
+
+def test_resume_with_another_world_size_says_the_stream_differs(ddp_run, tmp_path):
+    (run_dir,) = (ddp_run["out"] / "ckpts").iterdir()
+    log = run(entry(*ddp_run["common"], f"resume={run_dir / 'iter_0000020.pt'}", "num_eval_episodes=0",
+                    "total_iters=30", launcher=[sys.executable]))
+    assert "trained by 2 process(es), this run has 1" in log
+
+
+def test_two_rank_evaluation_gives_the_one_rank_per_episode_results(ddp_run):
+    (run_dir,) = (ddp_run["out"] / "ckpts").iterdir()
+    outcomes = {}
+    for name, launcher in (("one", [sys.executable]), ("two", TORCHRUN)):
+        ckpt_dir = ddp_run["out"] / f"eval_{name}"
+        run(entry(*ddp_run["common"], "mode=eval", f"checkpoint={run_dir / 'last.pt'}", "capture_video=false",
+                  f"ckpt_dir={ckpt_dir}", launcher=launcher))
+        (eval_dir,) = ckpt_dir.iterdir()
+        outcomes[name] = json.loads((eval_dir / "episodes_eval.json").read_text())
+    assert [e["episode"] for e in outcomes["one"]] == list(range(6))
+    assert outcomes["two"] == outcomes["one"]

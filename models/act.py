@@ -334,8 +334,12 @@ class ACT(nn.Module):
         self._reset_transformer_parameters()
 
     def _reset_transformer_parameters(self):
-        for name, param in self.named_parameters():
-            if not name.startswith("backbone") and param.dim() > 1:
+        """Xavier-uniform for the weight matrices of the main encoder and decoder, as in the original ACT (DETR's
+        Transformer) and LeRobot. Everything else keeps PyTorch's defaults: N(0, 1) embeddings (action queries,
+        [CLS], token positions), Kaiming-uniform Linear layers (input projections, heads, the style encoder's
+        feed-forward), and Attention's own init (Xavier projections, as nn.MultiheadAttention)."""
+        for param in [*self.encoder.parameters(), *self.decoder.parameters()]:
+            if param.dim() > 1:
                 nn.init.xavier_uniform_(param)
 
     def encode_style(self, state, actions, is_pad):

@@ -82,6 +82,26 @@ def test_padded_steps_do_not_count_in_the_loss():
     assert act_loss(pred, target, is_pad, None, None, 10.0)["l1"].item() == pytest.approx(1.0)
 
 
+def test_xavier_init_only_for_the_main_encoder_and_decoder(monkeypatch):
+    """As the original ACT and LeRobot: the transformer's matrices are Xavier-initialised, the rest keeps PyTorch's
+    defaults, except attention projections, which Xavier-initialise themselves (as nn.MultiheadAttention)."""
+    xavier = []
+    original = torch.nn.init.xavier_uniform_
+    monkeypatch.setattr(torch.nn.init, "xavier_uniform_", lambda t, *a, **k: xavier.append(t) or original(t, *a, **k))
+    model = ACT(STATE_DIM, ACTION_DIM, num_cameras=1, **SMALL)
+    xavier_names = {name for name, p in model.named_parameters() if any(p is t for t in xavier)}
+    expected = {name for name, p in model.named_parameters()
+                if (name.split(".")[0] in ("encoder", "decoder") and p.dim() > 1) or name.endswith("in_proj_weight")}
+    assert xavier_names == expected
+    assert "style_encoder.layers.0.feedforward.0.weight" not in xavier_names
+    # Embeddings keep N(0, 1): Xavier would give them a std of about sqrt(2 / (K + D)) = 0.23.
+    assert model.action_queries.weight.std().item() > 0.7
+def test_sine_embedding_2d_distinguishes_positions():
+    table = sine_embedding_2d(3, 4, 32)
+    assert table.shape == (12, 32)
+    assert torch.unique(table, dim=0).shape[0] == 12
+
+
 def test_sine_embedding_2d_distinguishes_positions():
     table = sine_embedding_2d(3, 4, 32)
     assert table.shape == (12, 32)

@@ -408,12 +408,13 @@ class ACT(nn.Module):
 
 
 def act_loss(pred, target, is_pad, mu, logvar, kl_weight: float):
-    """Masked L1 over real (non-padded) steps + kl_weight * KL(q(z|x) || N(0, I)).
+    """L1 with padded steps zeroed + kl_weight * KL(q(z|x) || N(0, I)).
 
     pred, target: (B, K, A); is_pad: (B, K); mu, logvar: (B, L) or None.
     """
-    valid = (~is_pad).unsqueeze(-1).to(pred.dtype)  # (B, K, 1)
-    l1 = ((pred - target).abs() * valid).sum() / (valid.sum() * pred.shape[-1]).clamp(min=1)
+    # Padded steps add zero but still count in the mean (divided by B*K*A, not by the valid steps), as in the
+    # original ACT and LeRobot: kl_weight = 10 was tuned against this L1 scale.
+    l1 = ((pred - target).abs() * ~is_pad.unsqueeze(-1)).mean()
     if mu is None:
         kl = torch.zeros((), device=pred.device)
     else:

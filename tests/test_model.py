@@ -75,11 +75,12 @@ def test_cvae_off_has_no_style_encoder_and_no_kl():
     losses["loss"].backward()
 
 
-def test_padded_steps_do_not_count_in_the_loss():
+def test_padded_steps_add_zero_but_count_in_the_l1_mean():
+    # As the original ACT and LeRobot: sum over valid steps / all B*K*A elements, here 4 / 8.
     pred = torch.zeros(1, 4, 2)
     target = torch.tensor([[[1.0, 1.0], [1.0, 1.0], [100.0, 100.0], [100.0, 100.0]]])
     is_pad = torch.tensor([[False, False, True, True]])
-    assert act_loss(pred, target, is_pad, None, None, 10.0)["l1"].item() == pytest.approx(1.0)
+    assert act_loss(pred, target, is_pad, None, None, 10.0)["l1"].item() == pytest.approx(0.5)
 
 
 def test_xavier_init_only_for_the_main_encoder_and_decoder(monkeypatch):

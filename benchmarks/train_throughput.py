@@ -63,6 +63,7 @@ STATE_DIM, ACTION_DIM = 16, 16
 #   frozen_bn      FrozenBatchNorm2d in the backbone (as with ImageNet weights, and as LeRobot)
 #   adamw          torch.optim.AdamW implementation: "default" (per-tensor loop on CPU) or "fused"
 #   channels_last  conv weights, hence feature maps, in NHWC: the layout oneDNN/cuDNN convolutions prefer
+#   cpu_fast_paths models/fast_cpu.py's layers swapped in (ACTPolicy's default); False: the plain layers only
 #   compile        torch.compile of the policy (--compile)
 #   bf16           bf16 autocast on CPU too (--bf16; always on for CUDA). Lower precision, unlike the rest
 #   models_from    import `models` from the --before folder instead of the repository: the code before a
@@ -75,6 +76,7 @@ OUR_VARIANTS = {
     "ours-reuse": dict(frozen_bn=True, adamw="fused", reuse_memory=False),
     "ours-before": dict(frozen_bn=True, adamw="default", models_from=True),
     "ours-plain": dict(frozen_bn=True, adamw="default"),
+    "ours-fastcpu": dict(frozen_bn=True, adamw="fused", cpu_fast_paths=False),
     "ours+cl": dict(frozen_bn=True, adamw="fused", channels_last=True),
     "ours-bn": dict(frozen_bn=False, adamw="fused"),
     "ours+compile": dict(frozen_bn=True, adamw="fused", compile=True),
@@ -120,7 +122,8 @@ def build_ours(args, variant: dict, num_cameras: int, raw: dict, device):
                 frozen_batchnorm=variant["frozen_bn"])
     stats = {"state_mean": np.zeros(STATE_DIM), "state_std": np.ones(STATE_DIM),
              "action_mean": np.zeros(ACTION_DIM), "action_std": np.ones(ACTION_DIM)}
-    policy = ACTPolicy(model, stats, kl_weight=10.0).to(device).train()
+    fast_paths = {} if variant.get("cpu_fast_paths", True) else {"cpu_fast_paths": False}  # "before" code lacks it
+    policy = ACTPolicy(model, stats, kl_weight=10.0, **fast_paths).to(device).train()
     if variant.get("channels_last") and num_cameras:
         # NHWC conv weights are enough: the first convolution then returns NHWC and the rest follows.
         policy = policy.to(memory_format=torch.channels_last)

@@ -1,11 +1,40 @@
 """ACT: Action Chunking with Transformers (Zhao et al. 2023, arXiv 2304.13705), written to be read.
 
-The model is a conditional VAE over action chunks:
+The model is a conditional VAE over action chunks. Data flow, token counts on the right:
 
-    training:   style_encoder([CLS], proprio, action chunk) -> mu, logvar -> z ~ N(mu, sigma)
-    always:     transformer_encoder([z, proprio, image features]) -> memory
-                transformer_decoder(action_queries, memory) -> chunk of `chunk_size` actions
-    inference:  z = 0 (the mean of the prior)
+  STYLE ENCODER (training only: the posterior q(z | proprio, chunk))
+      [CLS] [proprio] [a_1] ... [a_K]                     K+2 tokens (Linear projections), 1D sine positions
+                          |  TransformerEncoder, padded actions masked out
+      output at [CLS] --Linear--> mu, logvar  -->  z = mu + sigma * eps      (inference: z = 0, the prior's mean)
+
+  ENCODER
+      [z] [proprio] [camera 1: h*w tokens] ... [camera N]    2 + N*h*w tokens, learned positions for [z] and
+                     ^ images --ResNet18--> feature maps      [proprio], 2D sine positions for the feature maps
+                          |  TransformerEncoder
+                       memory                                  2 + N*h*w tokens
+
+  DECODER
+      action queries q_1 ... q_K (learned) --TransformerDecoder, cross-attending to memory-->  K tokens
+                          |  Linear
+      predicted chunk a_1 ... a_K
+
+Vocabulary:
+    chunk            the K = chunk_size future actions predicted at once from one observation.
+    proprio          proprioception: the robot's own state (joint positions etc.), one token.
+    style variable z the CVAE latent. In training it is inferred from the demonstrated chunk and captures
+                     what the observation alone does not fix (e.g. how fast a demonstrator moved); at test time
+                     it is 0, so the policy is deterministic.
+    [CLS]            a learned token prepended to the style encoder's input; its output summarises the chunk.
+    is_pad           True for chunk steps past the end of the episode: masked out of the style encoder's
+                     attention and zeroed in the L1 loss.
+    action queries   K learned embeddings, one per future step, that ask the decoder "what is action i?".
+    memory           the encoder's output tokens, which the decoder attends to.
+    temporal ensembling  (models/policy.py, at execution) averaging every chunk predicted so far that covers
+                     the current step, with exponential weights, instead of playing one chunk open-loop.
+
+The layers below are the plain maths. models/fast_cpu.py holds the speed-ups that change how, not what, is
+computed (the style encoder's last layer computing the [CLS] output alone); ACTPolicy's cpu_fast_paths switches
+them in or out.
 
 Shape legend used in the comments:
     B  batch size             K  chunk_size (number of predicted future actions)
@@ -13,6 +42,7 @@ Shape legend used in the comments:
     N  number of cameras      C  image channels (3 for RGB, 4 with depth)
     H, W  image size          h, w  backbone feature map size (H/32, W/32)
     D  d_model                L  latent (style variable) size
+    T  number of tokens       F  dim_feedforward
 """
 
 import math
@@ -71,64 +101,20 @@ def sine_embedding_2d(height: int, width: int, dim: int, temperature: float = 10
 # Transformer layers (post-norm, DETR/ACT style: position embeddings are added to queries and keys in
 # every layer rather than once to the input, so the values stay free of position information)
 # --------------------------------------------------------------------------------------------------
-def dropout_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Bool tensor shaped like x, True with probability 1 - p. 31-bit random integers against round(p * 2^31):
-    the keep probability is exact to 5e-10, and on CPU it costs a third of torch's bernoulli_.
-    """
-    return torch.empty_like(x, dtype=torch.int32).random_() >= round(p * 2**31)
-
-
-def apply_keep_mask(x: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
-    """x * keep / (1 - p). The mask goes in as uint8 (bool operands take a slow type-promotion path), which is
-    also what autograd keeps for backward: 1 byte per element."""
-    return x.mul(keep.view(torch.uint8)).mul_(1.0 / (1.0 - p))
-
-
-def eager_cpu_training(module: nn.Module, x: torch.Tensor) -> bool:
-    """Where the hand-made dropout below pays: training, eager, on CPU. GPUs have a fused dropout kernel and
-    torch.compile fuses dropout itself (and cannot trace the uint8 multiply)."""
-    return module.training and not x.is_cuda and not torch.compiler.is_compiling()
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with the same maths, about twice as fast on CPU: the cheaper random mask above, applied and
-    kept for backward as 1 byte per element.
-    """
-
-    def forward(self, x):
-        if self.p == 0 or not eager_cpu_training(self, x):
-            return super().forward(x)
-        return apply_keep_mask(x, dropout_keep_mask(x, self.p), self.p)
-
-
 class FeedForward(nn.Sequential):
-    """Linear -> ReLU -> Dropout -> Linear on (..., D) tensors (a Sequential, so checkpoint keys stay 0.* and 3.*).
-
-    While training eagerly on CPU, ReLU and dropout are one multiplication by a 1-byte mask that is 0 where the
-    hidden unit is <= 0 or dropped (then a scaling by 1/(1-p)): the same values and gradients, but autograd keeps
-    only that mask for backward, not also the 4-byte ReLU output, and the activation takes fewer passes.
-    """
+    """Linear -> ReLU -> Dropout -> Linear on (..., D) tensors, through a hidden size F = dim_feedforward."""
 
     def __init__(self, d_model: int, dim_feedforward: int, dropout: float):
-        super().__init__(nn.Linear(d_model, dim_feedforward), nn.ReLU(), Dropout(dropout),
+        super().__init__(nn.Linear(d_model, dim_feedforward), nn.ReLU(), nn.Dropout(dropout),
                          nn.Linear(dim_feedforward, d_model))
-
-    def forward(self, x):
-        linear1, relu, dropout, linear2 = self
-        hidden = linear1(x)  # (..., F)
-        if dropout.p > 0 and eager_cpu_training(self, x):
-            keep = dropout_keep_mask(hidden, dropout.p)
-            keep &= hidden > 0
-            hidden = apply_keep_mask(hidden, keep, dropout.p)
-        else:
-            hidden = dropout(relu(hidden))
-        return linear2(hidden)  # (..., D)
 
 
 class Attention(nn.Module):
-    """Multi-head attention with the maths and parameter names of nn.MultiheadAttention (checkpoints load
-    either way), on batch-first tensors without its (B, T, D) <-> (T, B, D) copies: heads are strided views
-    handed to scaled_dot_product_attention, and self-attention's shared query/key input takes one GEMM.
+    """Multi-head attention, softmax(Q K^T / sqrt(D/nhead)) V in each head, then an output projection.
+
+    The maths, initialisation and parameter names of nn.MultiheadAttention (checkpoints load either way), but on
+    batch-first tensors without its (B, T, D) <-> (T, B, D) copies: heads are strided views handed to
+    scaled_dot_product_attention.
     """
 
     def __init__(self, d_model: int, nhead: int, dropout: float):
@@ -142,18 +128,12 @@ class Attention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None):
         # query: (B, Tq, D); key, value: (B, Tk, D); key_padding_mask: (B, Tk) with True = ignore that token
-        # split/chunk rather than slicing: their backward is one concatenation, where each slice's backward
-        # would write into its own zero-filled copy of the whole (3D, D) weight.
-        dim = query.shape[-1]
-        if query is key:
-            weight_qk, weight_v = self.in_proj_weight.split([2 * dim, dim])
-            bias_qk, bias_v = self.in_proj_bias.split([2 * dim, dim])
-            q, k = F.linear(query, weight_qk, bias_qk).chunk(2, dim=-1)  # (B, Tq, D) each
-        else:
-            weight_q, weight_k, weight_v = self.in_proj_weight.chunk(3)
-            bias_q, bias_k, bias_v = self.in_proj_bias.chunk(3)
-            q = F.linear(query, weight_q, bias_q)  # (B, Tq, D)
-            k = F.linear(key, weight_k, bias_k)  # (B, Tk, D)
+        # chunk rather than slicing: its backward is one concatenation, where each slice's backward would
+        # write into its own zero-filled copy of the whole (3D, D) weight.
+        weight_q, weight_k, weight_v = self.in_proj_weight.chunk(3)
+        bias_q, bias_k, bias_v = self.in_proj_bias.chunk(3)
+        q = F.linear(query, weight_q, bias_q)  # (B, Tq, D)
+        k = F.linear(key, weight_k, bias_k)  # (B, Tk, D)
         v = F.linear(value, weight_v, bias_v)  # (B, Tk, D)
         q, k, v = (t.unflatten(-1, (self.nhead, -1)).transpose(1, 2) for t in (q, k, v))  # (B, nhead, T, D/nhead)
         attend = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
@@ -169,16 +149,12 @@ class EncoderLayer(nn.Module):
         self.self_attn = Attention(d_model, nhead, dropout)
         self.feedforward = FeedForward(d_model, dim_feedforward, dropout)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
-    def forward(self, x, pos, key_padding_mask=None, num_outputs=None):
-        # x, pos: (B, T, D); key_padding_mask: (B, T) with True = ignore that token.
-        # num_outputs: compute only the first tokens' outputs, (B, num_outputs, D); all T tokens are still
-        # attended to. Tokens nobody reads then cost neither queries nor feed-forward.
-        keys = x + pos
-        queries, residual = (keys, x) if num_outputs is None else (keys[:, :num_outputs], x[:, :num_outputs])
-        attended = self.self_attn(queries, keys, x, key_padding_mask=key_padding_mask)
-        x = self.norm1(residual + self.dropout1(attended))
+    def forward(self, x, pos, key_padding_mask=None):
+        # x, pos: (B, T, D); key_padding_mask: (B, T) with True = ignore that token
+        q = k = x + pos
+        x = self.norm1(x + self.dropout1(self.self_attn(q, k, x, key_padding_mask)))
         return self.norm2(x + self.dropout2(self.feedforward(x)))
 
 
@@ -189,12 +165,12 @@ class DecoderLayer(nn.Module):
         self.cross_attn = Attention(d_model, nhead, dropout)
         self.feedforward = FeedForward(d_model, dim_feedforward, dropout)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.dropout1, self.dropout2, self.dropout3 = Dropout(dropout), Dropout(dropout), Dropout(dropout)
+        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
 
     def forward(self, x, query_pos, memory, memory_pos):
         # x, query_pos: (B, K, D); memory, memory_pos: (B, T, D)
-        q = x + query_pos  # also the keys
-        x = self.norm1(x + self.dropout1(self.self_attn(q, q, x)))
+        q = k = x + query_pos
+        x = self.norm1(x + self.dropout1(self.self_attn(q, k, x)))
         attended = self.cross_attn(x + query_pos, memory + memory_pos, memory)
         x = self.norm2(x + self.dropout2(attended))
         return self.norm3(x + self.dropout3(self.feedforward(x)))
@@ -205,10 +181,9 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_layers))
 
-    def forward(self, x, pos, key_padding_mask=None, num_outputs=None):
-        """num_outputs: return only the first tokens (B, num_outputs, D); only the last layer can skip work."""
-        for i, layer in enumerate(self.layers):
-            x = layer(x, pos, key_padding_mask, num_outputs if i == len(self.layers) - 1 else None)
+    def forward(self, x, pos, key_padding_mask=None):
+        for layer in self.layers:
+            x = layer(x, pos, key_padding_mask)
         return x
 
 
@@ -334,8 +309,12 @@ class ACT(nn.Module):
         self._reset_transformer_parameters()
 
     def _reset_transformer_parameters(self):
-        for name, param in self.named_parameters():
-            if not name.startswith("backbone") and param.dim() > 1:
+        """Xavier-uniform for the weight matrices of the main encoder and decoder, as in the original ACT (DETR's
+        Transformer) and LeRobot. Everything else keeps PyTorch's defaults: N(0, 1) embeddings (action queries,
+        [CLS], token positions), Kaiming-uniform Linear layers (input projections, heads, the style encoder's
+        feed-forward), and Attention's own init (Xavier projections, as nn.MultiheadAttention)."""
+        for param in [*self.encoder.parameters(), *self.decoder.parameters()]:
+            if param.dim() > 1:
                 nn.init.xavier_uniform_(param)
 
     def encode_style(self, state, actions, is_pad):
@@ -347,8 +326,8 @@ class ACT(nn.Module):
         tokens = torch.cat([cls, state_token, action_tokens], dim=1)  # (B, K+2, D)
         not_padded = torch.zeros(batch, 2, dtype=torch.bool, device=state.device)
         key_padding_mask = torch.cat([not_padded, is_pad], dim=1)  # (B, K+2): padded actions are ignored
-        # Only the [CLS] output feeds the latent: the last layer computes just that token.
-        encoded = self.style_encoder(tokens, self.style_pos[None], key_padding_mask, num_outputs=1)  # (B, 1, D)
+        encoded = self.style_encoder(tokens, self.style_pos[None], key_padding_mask)  # (B, K+2, D)
+        # Only the [CLS] output summarises the chunk (models/fast_cpu.py's encoder computes only that one).
         mu, logvar = self.style_to_latent(encoded[:, 0]).chunk(2, dim=-1)  # (B, L) each
         return mu, logvar
 
@@ -404,12 +383,13 @@ class ACT(nn.Module):
 
 
 def act_loss(pred, target, is_pad, mu, logvar, kl_weight: float):
-    """Masked L1 over real (non-padded) steps + kl_weight * KL(q(z|x) || N(0, I)).
+    """L1 with padded steps zeroed + kl_weight * KL(q(z|x) || N(0, I)).
 
     pred, target: (B, K, A); is_pad: (B, K); mu, logvar: (B, L) or None.
     """
-    valid = (~is_pad).unsqueeze(-1).to(pred.dtype)  # (B, K, 1)
-    l1 = ((pred - target).abs() * valid).sum() / (valid.sum() * pred.shape[-1]).clamp(min=1)
+    # Padded steps add zero but still count in the mean (divided by B*K*A, not by the valid steps), as in the
+    # original ACT and LeRobot: kl_weight = 10 was tuned against this L1 scale.
+    l1 = ((pred - target).abs() * ~is_pad.unsqueeze(-1)).mean()
     if mu is None:
         kl = torch.zeros((), device=pred.device)
     else:

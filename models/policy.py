@@ -11,12 +11,17 @@ import torch
 from torch import nn
 
 from models.act import ACT, act_loss
+from models.fast_cpu import use_cpu_fast_paths
 
 
 class ACTPolicy(nn.Module):
-    def __init__(self, model: ACT, stats: dict, kl_weight: float):
-        """stats: {"state_mean", "state_std", "action_mean", "action_std"} arrays, from the training data."""
+    def __init__(self, model: ACT, stats: dict, kl_weight: float, cpu_fast_paths: bool = True):
+        """stats: {"state_mean", "state_std", "action_mean", "action_std"} arrays, from the training data.
+        cpu_fast_paths: swap models/fast_cpu.py's faster layers into `model`, in place (same results and parameter
+        names); False keeps the plain layers of models/act.py."""
         super().__init__()
+        if cpu_fast_paths:
+            use_cpu_fast_paths(model)
         self.model = model
         self.kl_weight = kl_weight
         for name in ("state_mean", "state_std", "action_mean", "action_std"):

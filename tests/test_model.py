@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.act import ACT, Dropout, FeedForward, act_loss, dropout_keep_mask, sine_embedding_2d
+from models.act import ACT, TransformerEncoder, act_loss, sine_embedding_2d
+from models.fast_cpu import ClsOnlyEncoder
 from models.policy import ACTPolicy
 
 STATE_DIM, ACTION_DIM, CHUNK = 9, 4, 6
@@ -10,12 +11,13 @@ SMALL = dict(chunk_size=CHUNK, d_model=32, nhead=4, dim_feedforward=64, num_enco
              num_decoder_layers=2, num_style_encoder_layers=2, latent_dim=8, pretrained_backbone=False)
 
 
-def make_policy(num_cameras=0, image_channels=3, use_cvae=True):
+def make_policy(num_cameras=0, image_channels=3, use_cvae=True, cpu_fast_paths=True, **sizes):
     torch.manual_seed(0)
     stats = {"state_mean": np.zeros(STATE_DIM), "state_std": np.ones(STATE_DIM),
              "action_mean": np.zeros(ACTION_DIM), "action_std": np.ones(ACTION_DIM)}
-    model = ACT(STATE_DIM, ACTION_DIM, num_cameras=num_cameras, image_channels=image_channels, use_cvae=use_cvae, **SMALL)
-    return ACTPolicy(model, stats, kl_weight=10.0)
+    model = ACT(STATE_DIM, ACTION_DIM, num_cameras=num_cameras, image_channels=image_channels, use_cvae=use_cvae,
+                **{**SMALL, **sizes})
+    return ACTPolicy(model, stats, kl_weight=10.0, cpu_fast_paths=cpu_fast_paths)
 
 
 def make_batch(batch=3, num_cameras=0, image_channels=3, size=64):
@@ -75,48 +77,64 @@ def test_cvae_off_has_no_style_encoder_and_no_kl():
     losses["loss"].backward()
 
 
-def test_padded_steps_do_not_count_in_the_loss():
+def test_padded_steps_add_zero_but_count_in_the_l1_mean():
+    # As the original ACT and LeRobot: sum over valid steps / all B*K*A elements, here 4 / 8.
     pred = torch.zeros(1, 4, 2)
     target = torch.tensor([[[1.0, 1.0], [1.0, 1.0], [100.0, 100.0], [100.0, 100.0]]])
     is_pad = torch.tensor([[False, False, True, True]])
-    assert act_loss(pred, target, is_pad, None, None, 10.0)["l1"].item() == pytest.approx(1.0)
+    assert act_loss(pred, target, is_pad, None, None, 10.0)["l1"].item() == pytest.approx(0.5)
 
 
+def test_xavier_init_only_for_the_main_encoder_and_decoder(monkeypatch):
+    """As the original ACT and LeRobot: the transformer's matrices are Xavier-initialised, the rest keeps PyTorch's
+    defaults, except attention projections, which Xavier-initialise themselves (as nn.MultiheadAttention)."""
+    xavier = []
+    original = torch.nn.init.xavier_uniform_
+    monkeypatch.setattr(torch.nn.init, "xavier_uniform_", lambda t, *a, **k: xavier.append(t) or original(t, *a, **k))
+    model = ACT(STATE_DIM, ACTION_DIM, num_cameras=1, **SMALL)
+    xavier_names = {name for name, p in model.named_parameters() if any(p is t for t in xavier)}
+    expected = {name for name, p in model.named_parameters()
+                if (name.split(".")[0] in ("encoder", "decoder") and p.dim() > 1) or name.endswith("in_proj_weight")}
+    assert xavier_names == expected
+    assert "style_encoder.layers.0.feedforward.0.weight" not in xavier_names
+    # Embeddings keep N(0, 1): Xavier would give them a std of about sqrt(2 / (K + D)) = 0.23.
+    assert model.action_queries.weight.std().item() > 0.7
 def test_sine_embedding_2d_distinguishes_positions():
     table = sine_embedding_2d(3, 4, 32)
     assert table.shape == (12, 32)
     assert torch.unique(table, dim=0).shape[0] == 12
 
 
-def test_dropout_keeps_one_minus_p_and_preserves_the_mean():
+def test_cls_only_encoder_equals_the_first_token_of_the_plain_one():
     torch.manual_seed(0)
-    x = torch.ones(2_000_000)
-    out = Dropout(0.1).train()(x)
-    assert abs((out == 0).float().mean().item() - 0.1) < 1e-3  # 4 sigma is 8.5e-4
-    assert torch.allclose(out[out != 0], torch.tensor(1 / 0.9))
-    assert abs(out.mean().item() - 1.0) < 3e-3
-    assert torch.equal(Dropout(0.1).eval()(x), x)
+    plain = TransformerEncoder(2, d_model=32, nhead=4, dim_feedforward=64, dropout=0.1).eval()
+    x, pos = torch.randn(3, 8, 32), torch.randn(1, 8, 32)
+    is_pad = torch.zeros(3, 8, dtype=torch.bool)
+    is_pad[0, -3:] = True
+    torch.testing.assert_close(ClsOnlyEncoder(plain.layers)(x, pos, is_pad), plain(x, pos, is_pad)[:, :1])
 
 
-def test_feedforward_equals_relu_then_dropout_with_the_same_random_draws():
-    torch.manual_seed(0)
-    ff = FeedForward(16, 64, dropout=0.2).train()
-    x = torch.randn(5, 7, 16, requires_grad=True)
-    torch.manual_seed(1)
-    out = ff(x)
-    out.square().sum().backward()
-    fused_grads = [x.grad.clone()] + [p.grad.clone() for p in ff.parameters()]
-    x.grad = None
-    ff.zero_grad()
-
-    # Reference: nn.Linear -> ReLU -> dropout by the same keep-mask (same generator state) -> nn.Linear.
-    torch.manual_seed(1)
-    linear1, _, _, linear2 = ff
-    hidden = linear1(x)
-    keep = dropout_keep_mask(hidden, 0.2)
-    reference = linear2(torch.relu(hidden) * keep / 0.8)
-    reference.square().sum().backward()
-    torch.testing.assert_close(out, reference)
-    for fused, ref in zip(fused_grads, [x.grad] + [p.grad for p in ff.parameters()]):
-        torch.testing.assert_close(fused, ref)
-    assert 0.1 < (keep == 0).float().mean().item() < 0.3
+@pytest.mark.parametrize("num_cameras", [0, 1])
+@pytest.mark.parametrize("mode", ["eval", "train without dropout"])
+def test_fast_paths_give_the_plain_model_outputs_and_gradients(num_cameras, mode):
+    """The whole policy with and without models/fast_cpu.py: same parameters, checkpoint keys, losses and gradients.
+    The [CLS]-only layer draws dropout masks of another shape, so training mode runs with dropout 0; the
+    reparameterisation noise comes from the same seed."""
+    dropout = 0.1 if mode == "eval" else 0.0
+    policies = [make_policy(num_cameras, cpu_fast_paths=fast, dropout=dropout) for fast in (False, True)]
+    assert isinstance(policies[1].model.style_encoder, ClsOnlyEncoder)
+    assert policies[0].state_dict().keys() == policies[1].state_dict().keys()
+    batch = make_batch(num_cameras=num_cameras)
+    results = []
+    for policy in policies:
+        policy.train(mode != "eval")
+        torch.manual_seed(1)
+        losses = policy(batch)
+        losses["loss"].backward()
+        results.append((losses, {n: p.grad for n, p in policy.named_parameters() if p.grad is not None}))
+    (plain_losses, plain_grads), (fast_losses, fast_grads) = results
+    for key in plain_losses:
+        torch.testing.assert_close(fast_losses[key], plain_losses[key])
+    assert fast_grads.keys() == plain_grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(fast_grads[name], plain_grads[name], msg=name)

@@ -35,7 +35,8 @@ if __name__ == "__main__":
     batch = next(iter(loader))
     assert len(batch["actions"]) == GLOBAL_BATCH // distributed.world_size
     policy.eval()  # no dropout and z = posterior mean: the comparison is about the gradient averaging alone
-    DistributedDataParallel(policy)(batch)["loss"].backward()
+    ddp_policy = DistributedDataParallel(policy)  # must outlive backward(): its hooks do the averaging
+    ddp_policy(batch)["loss"].backward()
     if distributed.is_main:
         torch.save({name: p.grad for name, p in policy.named_parameters()}, sys.argv[2])
     shutdown_distributed()

@@ -24,7 +24,7 @@ from env.errors import UserInputError
 from models.act import ACT
 from models.policy import ACTPolicy
 from utils.checkpoint import restore_rng_state, rng_state, save_checkpoint
-from utils.config import Config, repo_path, to_config
+from utils.config import Config, repo_path
 from utils.distributed import Distributed, all_gather, all_sum, broadcast, shutdown_distributed
 from utils.evaluation import evaluate_policy, summarize
 from utils.logger import NullLogger, RunLogger
@@ -153,7 +153,7 @@ def build_policy(cfg: Config, shape_meta: dict, stats: dict, checkpoint: dict | 
         use_cvae=m.use_cvae, pretrained_backbone=m.pretrained_backbone and checkpoint is None,
         pretrained_weights_path=m.pretrained_weights_path, frozen_batchnorm=frozen_batchnorm,
     )
-    policy = ACTPolicy(model, stats, m.kl_weight)
+    policy = ACTPolicy(model, stats, m.kl_weight, cpu_fast_paths=m.cpu_fast_paths)
     print(f"[model] ACT with {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M parameters")
     return policy
 
@@ -167,9 +167,9 @@ def load_weights(policy: ACTPolicy, state_dict: dict, source: str):
                              f"key overridden?): {str(exc).splitlines()[1].strip()}") from None
 
 
-def policy_from_checkpoint(checkpoint: dict, device, source: str = "checkpoint") -> ACTPolicy:
-    """Rebuild the policy exactly as it was saved (its own config), weights and normalisation included."""
-    cfg = to_config(checkpoint["config"])
+def policy_from_checkpoint(cfg: Config, checkpoint: dict, device, source: str = "checkpoint") -> ACTPolicy:
+    """Rebuild the policy exactly as it was saved (cfg: its own config, from parse_args), weights and
+    normalisation included."""
     meta = checkpoint["shape_meta"]
     # Placeholder statistics of the right size; the real ones are buffers in the saved state dict.
     placeholder = {"state_mean": np.zeros(meta["state_dim"]), "state_std": np.ones(meta["state_dim"]),
@@ -475,7 +475,7 @@ def evaluate_checkpoint(cfg: Config, run: Run, make_env) -> dict:
     """mode=eval: reload a checkpoint and only roll it out (success rate, videos), no training."""
     if cfg.num_eval_episodes == 0:
         raise UserInputError("mode=eval needs num_eval_episodes >= 1")
-    policy = policy_from_checkpoint(run.checkpoint, run.device, cfg.checkpoint)
+    policy = policy_from_checkpoint(cfg, run.checkpoint, run.device, cfg.checkpoint)
     env = make_env(cfg.num_eval_envs)
     metrics = run_simulator_eval(cfg, run, policy, env, run.checkpoint["iteration"], prefix="eval_")
     env.close()

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.act import ACT, TransformerEncoder, act_loss, sine_embedding_2d
-from models.fast_cpu import ClsOnlyEncoder
+from models.act import ACT, FeedForward, TransformerEncoder, act_loss, sine_embedding_2d
+from models.fast_cpu import ClsOnlyEncoder, MaskDropout, ReluDropoutFeedForward, dropout_keep_mask
 from models.policy import ACTPolicy
 
 STATE_DIM, ACTION_DIM, CHUNK = 9, 4, 6
@@ -138,3 +138,38 @@ def test_fast_paths_give_the_plain_model_outputs_and_gradients(num_cameras, mode
     assert fast_grads.keys() == plain_grads.keys()
     for name in plain_grads:
         torch.testing.assert_close(fast_grads[name], plain_grads[name], msg=name)
+
+
+def test_fast_dropout_keeps_one_minus_p_and_preserves_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(2_000_000)
+    out = MaskDropout(0.1).train()(x)
+    assert abs((out == 0).float().mean().item() - 0.1) < 1e-3  # 4 sigma is 8.5e-4
+    assert torch.allclose(out[out != 0], torch.tensor(1 / 0.9))
+    assert abs(out.mean().item() - 1.0) < 3e-3
+    assert torch.equal(MaskDropout(0.1).eval()(x), x)
+
+
+def test_fast_feedforward_equals_relu_then_dropout_with_the_same_random_draws():
+    torch.manual_seed(0)
+    plain = FeedForward(16, 64, dropout=0.2).train()
+    fast = ReluDropoutFeedForward(*plain)
+    x = torch.randn(5, 7, 16, requires_grad=True)
+    torch.manual_seed(1)
+    out = fast(x)
+    out.square().sum().backward()
+    fast_grads = [x.grad.clone()] + [p.grad.clone() for p in fast.parameters()]
+    x.grad = None
+    fast.zero_grad()
+
+    # The plain layers with dropout by the same keep mask (same generator state).
+    torch.manual_seed(1)
+    linear1, _, _, linear2 = plain
+    hidden = linear1(x)
+    keep = dropout_keep_mask(hidden, 0.2)
+    reference = linear2(torch.relu(hidden) * keep / 0.8)
+    reference.square().sum().backward()
+    torch.testing.assert_close(out, reference)
+    for fast_grad, ref in zip(fast_grads, [x.grad] + [p.grad for p in plain.parameters()]):
+        torch.testing.assert_close(fast_grad, ref)
+    assert 0.1 < (keep == 0).float().mean().item() < 0.3

@@ -19,7 +19,8 @@ GLOBAL_BATCH = 16
 
 
 def small_policy_and_data(demo_path):
-    """The same policy (seed 0) and replay buffer in every process that calls this."""
+    """The same small state-only policy (seed 0) and replay buffer in every process that calls this (also used by
+    tests/test_training.py)."""
     episodes = load_maniskill_demos(demo_path, 4, "state", "pd_ee_delta_pos")
     torch.manual_seed(0)
     model = ACT(state_dim=42, action_dim=4, chunk_size=8, d_model=32, nhead=4, dim_feedforward=64,

@@ -5,21 +5,14 @@ import pytest
 import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from datasets.maniskill_demos import load_maniskill_demos
-from datasets.replay_buffer import ChunkDataset, compute_stats
-from models.act import ACT, act_loss
-from models.policy import ACTPolicy
+from ddp_gradient_worker import small_policy_and_data
+from models.act import act_loss
 from utils.config import load_config
 from utils.training import build_policy, validate
 
 
 def test_validation_l1_is_the_deployed_policy_not_the_reconstruction(pickcube_state_demos):
-    torch.manual_seed(0)
-    episodes = load_maniskill_demos(pickcube_state_demos, 4, "state", "pd_ee_delta_pos")
-    data = ChunkDataset(episodes, chunk_size=8, action_type="delta")
-    model = ACT(state_dim=42, action_dim=4, chunk_size=8, d_model=32, nhead=4, dim_feedforward=64,
-                num_encoder_layers=1, num_decoder_layers=1, num_style_encoder_layers=1, latent_dim=8)
-    policy = ACTPolicy(model, compute_stats(episodes), kl_weight=10.0)
+    policy, data = small_policy_and_data(pickcube_state_demos)
     metrics = validate(policy, data, batch_size=len(data), device="cpu")  # one batch: comparable by hand
 
     batch = data[np.arange(len(data))]

@@ -60,7 +60,7 @@ def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_
             episode_return += reward
             first_success_step[success & ~ever_success] = step + 1
             ever_success |= success
-            if record:
+            if record and step < env.max_episode_steps - 1:  # after the last step a vector env shows the next reset
                 frames.append(env.render(num_record))
         for env_index in range(env.num_envs):
             episode = round_index * env.num_envs + env_index
@@ -71,7 +71,7 @@ def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_
                                  "return": float(episode_return[env_index]),
                                  "first_success_step": int(first_success_step[env_index])})
         if record:
-            frames = np.stack(frames, axis=1)  # (num_record, T+1, H, W, 3)
+            frames = np.stack(frames, axis=1)  # (num_record, T, H, W, 3)
             for env_index in range(num_record):
                 episode = round_index * env.num_envs + env_index
                 tag = "success" if ever_success[env_index] else "fail"

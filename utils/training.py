@@ -329,7 +329,6 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
     policy.to(device)
     optimizer = build_optimizer(cfg, policy)
     ema = EMA(policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    # best.pt: the best simulator success so far, or the lowest deployed validation L1 without simulator eval.
     best = {"metric": "eval/success_once" if cfg.num_eval_episodes > 0 else "val/l1", "score": -math.inf}
     start_iter = 0
 

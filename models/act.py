@@ -33,8 +33,8 @@ Vocabulary:
                      the current step, with exponential weights, instead of playing one chunk open-loop.
 
 The layers below are the plain maths. models/fast_cpu.py holds the speed-ups that change how, not what, is
-computed (the style encoder's last layer computing the [CLS] output alone); ACTPolicy's cpu_fast_paths switches
-them in or out.
+computed (the style encoder's last layer computing the [CLS] output alone, a cheaper dropout mask, ReLU and
+dropout as one multiplication); ACTPolicy's cpu_fast_paths switches them in or out.
 
 Shape legend used in the comments:
     B  batch size             K  chunk_size (number of predicted future actions)

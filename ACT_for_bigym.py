@@ -5,6 +5,7 @@
     python ACT_for_bigym.py env_id=move_plate total_iters=5000                       # any key=value
     python ACT_for_bigym.py demo_cache_root=/data/bigym                              # demos unpacked offline
     python ACT_for_bigym.py --config configs/ACT_bigym_cpu_config.yaml               # scripted demos, CPU-sized
+    python ACT_for_bigym.py --config configs/ACT_bigym_cpu_config.yaml env_id=ReachTarget  # + the task's recipe
     python ACT_for_bigym.py resume=ckpts/<run>/last.pt                               # continue a run
     python ACT_for_bigym.py mode=eval checkpoint=ckpts/<run>/best.pt                 # evaluate only
     torchrun --standalone --nproc_per_node=2 ACT_for_bigym.py ...                    # 2 processes (DDP)
@@ -16,6 +17,7 @@ checkpoints, videos) -> final evaluation.
 """
 
 from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, load_bigym_demos
+from datasets.bigym_solvers import scripted_recipe
 from env.bigym_env import BiGymEnv, resolve_task
 from utils.allocator import reuse_freed_memory
 from utils.config import parse_args, repo_path, run_main
@@ -46,8 +48,9 @@ def main():
     # 0. Processes: under torchrun join its process group (rank 0 reports and writes); plain python: one process.
     distributed = init_distributed()
 
-    # 1. Config: YAML + key=value overrides (resume / eval start from the checkpoint's own config).
-    cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__)
+    # 1. Config: YAML + (scripted demos) the task's recipe + key=value overrides (resume / eval start from the
+    #    checkpoint's own config).
+    cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__, task_defaults=scripted_recipe)
     resolve_task(cfg.env_id)
     # CPU training steps run faster when glibc keeps freed memory for reuse (process-wide; utils/allocator.py).
     reuse_freed_memory()

@@ -1,7 +1,6 @@
 """Make scripted BiGym demonstrations offline with this project's solvers (datasets/bigym_solvers.py).
 
-    python scripts/make_bigym_demos.py --env-id DishwasherClose --num-demos 100 \
-        --floating-dofs pelvis_x pelvis_y pelvis_z pelvis_rz
+    python scripts/make_bigym_demos.py --env-id DishwasherClose --num-demos 100
     python scripts/make_bigym_demos.py --env-id ReachTarget --num-demos 100 --cache-root /data/bigym_scripted
 
 Each attempt starts from a perturbed start (seeded; robot base and arms, the task's door/drawer), the solver
@@ -18,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, make_scripted_demos  # noqa: E402
-from datasets.bigym_solvers import SOLVERS  # noqa: E402
-from env.bigym_env import DEFAULT_FLOATING_DOFS, PELVIS_DOFS  # noqa: E402
+from datasets.bigym_solvers import SCRIPTED_RECIPES, SOLVERS  # noqa: E402
+from env.bigym_env import PELVIS_DOFS  # noqa: E402
 from utils.config import repo_path  # noqa: E402
 
 
@@ -29,11 +28,12 @@ def main():
     parser.add_argument("--num-demos", type=int, default=100, help="how many solved demos the cache should hold")
     parser.add_argument("--cache-root", default=SCRIPTED_DEMO_ROOT, help="DemoStore root (relative to the repo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first attempt (then +1 per attempt)")
-    parser.add_argument("--floating-dofs", nargs="+", default=list(DEFAULT_FLOATING_DOFS), choices=PELVIS_DOFS,
-                        help="floating-base joints in the action (DishwasherClose needs pelvis_z too)")
+    parser.add_argument("--floating-dofs", nargs="+", choices=PELVIS_DOFS,
+                        help="floating-base joints in the action (default: the task's recipe, as training uses)")
     args = parser.parse_args()
+    floating_dofs = args.floating_dofs or SCRIPTED_RECIPES[args.env_id]["floating_dofs"]
     make_scripted_demos(args.env_id, args.num_demos, repo_path(args.cache_root), first_seed=args.seed,
-                        floating_dofs=args.floating_dofs)
+                        floating_dofs=floating_dofs)
 
 
 if __name__ == "__main__":

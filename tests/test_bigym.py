@@ -13,13 +13,14 @@ import torch  # noqa: E402
 
 from datasets.bigym_demos import (import_recorded_demos, load_bigym_demos, make_scripted_demos,  # noqa: E402
                                   record_scripted_demo)
-from datasets.bigym_solvers import SOLVERS  # noqa: E402
+from datasets.bigym_solvers import SCRIPTED_RECIPES, SOLVERS, scripted_recipe  # noqa: E402
 from datasets.replay_buffer import ChunkDataset, compute_stats  # noqa: E402
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, BiGymEnv, make_bigym_env, resolve_task, task_classes,  # noqa: E402
                            to_snake_case)
 from env.errors import UserInputError  # noqa: E402
 from models.act import ACT  # noqa: E402
 from models.policy import ACTPolicy, ChunkedActionExecutor  # noqa: E402
+from utils.config import load_config  # noqa: E402
 
 TASK = "ReachTarget"  # the shortest scripted task (about 2 s): keeps rendering cheap
 CAMERAS = ["head", "left_wrist", "right_wrist"]
@@ -79,6 +80,22 @@ def test_perturbed_starts_vary_within_bounds():
         assert np.abs(start[4:14]).max() <= 0.1 + 1e-6  # arm joints around BiGym's all-zero pose
         door, bottom, middle = start[-3:]
         assert 0.8 - 1e-3 <= door <= 1 + 1e-3 and 0.6 - 1e-3 <= bottom <= 1 + 1e-3 and 0.6 - 1e-3 <= middle <= 1 + 1e-3
+
+
+def test_scripted_recipe_applies_to_scripted_demos_unless_the_user_set_the_key(capsys):
+    paper, cpu = "configs/ACT_bigym_config.yaml", "configs/ACT_bigym_cpu_config.yaml"
+    cfg = load_config(paper, cpu, ["env_id=reach_target"], task_defaults=scripted_recipe)
+    assert (cfg.floating_dofs, cfg.control_frequency, cfg.max_episode_steps) == (
+        ["pelvis_x", "pelvis_y", "pelvis_rz"], 25, 75)
+    assert "ReachTarget scripted-demo recipe" in capsys.readouterr().out
+    cfg = load_config(paper, cpu, [], task_defaults=scripted_recipe)  # the CPU config's task: DishwasherClose
+    assert "pelvis_z" in cfg.floating_dofs and (cfg.control_frequency, cfg.max_episode_steps) == (50, 500)
+    cfg = load_config(paper, cpu, ["env_id=DrawerTopOpen", "max_episode_steps=300"], task_defaults=scripted_recipe)
+    assert (cfg.control_frequency, cfg.max_episode_steps) == (25, 300)  # the command line wins
+    assert "your max_episode_steps=300 wins" in capsys.readouterr().out
+    cfg = load_config(paper, None, ["env_id=ReachTarget"], task_defaults=scripted_recipe)  # human demos: no recipe
+    assert (cfg.control_frequency, cfg.max_episode_steps) == (25, 150)
+    assert set(SCRIPTED_RECIPES) == set(SOLVERS)
 
 
 def test_dishwasher_solver_without_pelvis_height_says_so():

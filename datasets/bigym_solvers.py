@@ -245,9 +245,10 @@ def _subtree_geoms(model, body_id: int) -> list[int]:
     return [g for g in range(model.ngeom) if model.geom_contype[g] and below(model.geom_bodyid[g])]
 
 
-def world_box(env, body) -> tuple[np.ndarray, np.ndarray]:
-    """World axis-aligned bounding box (low (3,), high (3,)) of a Mojo body's collidable geometry."""
-    model, data = env.mojo.model, env.mojo.data
+def world_box(env, body, data=None) -> tuple[np.ndarray, np.ndarray]:
+    """World axis-aligned bounding box (low (3,), high (3,)) of a Mojo body's collidable geometry, in the
+    simulation or in `data` (a private MjData, e.g. fully_open_dishwasher's)."""
+    model, data = env.mojo.model, env.mojo.data if data is None else data
     corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
     points = []
     for g in _subtree_geoms(model, int(env.mojo.physics.bind(body.mjcf).element_id)):
@@ -257,9 +258,29 @@ def world_box(env, body) -> tuple[np.ndarray, np.ndarray]:
     return points.min(axis=0), points.max(axis=0)
 
 
+def fully_open_dishwasher(env):
+    """A private copy of the scene (MjData, kinematics only) with the dishwasher's door and trays fully open."""
+    import mujoco
+
+    model, dishwasher = env.mojo.model, env.dishwasher
+    data = mujoco.MjData(model)
+    data.qpos[:] = env.mojo.data.qpos
+    for part in (dishwasher.door, dishwasher.tray_bottom, dishwasher.tray_middle):
+        joint_id = int(env.mojo.physics.bind(part.joint.mjcf).element_id)
+        data.qpos[model.jnt_qposadr[joint_id]] = part.joint.mjcf.range[1]  # BiGym's "open" end of the joint
+    mujoco.mj_kinematics(model, data)
+    return data
+
+
 def solve_dishwasher_close(env, motion: ScriptedMotion, rng: np.random.Generator):
     """DishwasherClose: push the middle and bottom trays home with the left hand, then swing the door up
     about its hinge and push it shut. The robot faces the dishwasher along +x; trays close along +x.
+
+    The motion is planned on the fully open dishwasher (BiGym's reset): each push starts where the fully open
+    tray's rim would be and the door is swept up from its fully open position, so a partly closed tray or door
+    is simply met later on the way. The hand's path then does not depend on the openings, which proprioception
+    cannot see (planned on the actual openings, the approach points of the demos spread over 20 cm; a policy
+    without a view of the trays averaged them and stalled halfway through its first push).
 
     Needs the pelvis height in the action (floating_dofs with pelvis_z): standing, the H1's hands reach no
     lower than z ~0.64 m, while the bottom tray's top is at ~0.52 m and the open door at ~0.15-0.4 m.
@@ -268,10 +289,7 @@ def solve_dishwasher_close(env, motion: ScriptedMotion, rng: np.random.Generator
         raise UserInputError(f"the DishwasherClose solver needs the pelvis height in the action (the robot must crouch "
                          f"to reach the bottom tray and the open door), got floating base {motion.ik.base_dofs}: set "
                          f"floating_dofs=[pelvis_x,pelvis_y,pelvis_z,pelvis_rz] (make_bigym_demos.py: --floating-dofs)")
-    import mujoco
-
     dishwasher, hand = env.dishwasher, LEFT  # the left hand is on the dishwasher's side
-    mujoco.mj_kinematics(env.mojo.model, env.mojo.data)
 
     def jitter():
         return rng.uniform(-0.01, 0.01, size=3) * np.array([1, 1, 0.5])
@@ -280,24 +298,24 @@ def solve_dishwasher_close(env, motion: ScriptedMotion, rng: np.random.Generator
         motion.move({hand: HandTarget(np.asarray(position, dtype=float))}, duration, use_base=True)
 
     def push_tray_home(tray, below_top: float):
-        """Pinch in front of the tray's front rim, then push it in by however far it is out."""
-        low, high = world_box(env, tray.body)
-        travel = float(env.mojo.physics.bind(tray.joint.mjcf).qpos.item())  # metres out of the dishwasher
+        """Pinch in front of the fully open tray's front rim, then push to where the rim is when closed."""
+        low, high = world_box(env, tray.body, open_scene)
+        travel = float(np.ptp(tray.joint.mjcf.range))  # metres between fully open and closed
         height = high[2] - below_top
         reach([low[0] - 0.07, lane, height + 0.06] + jitter(), 0.9)
         reach([low[0] - 0.03, lane, height], 0.4)
         reach([low[0] + travel - 0.004, lane, height], 1.0)
 
-    low, _ = world_box(env, dishwasher.tray_middle.body)
+    open_scene = fully_open_dishwasher(env)
+    low, _ = world_box(env, dishwasher.tray_middle.body, open_scene)
     lane = max(low[1], -0.30) + 0.12  # y of the hand's path: inside the trays' width, near the robot's side
     # 1-2. Trays: the middle one at standing height, then the bottom one crouching.
     push_tray_home(dishwasher.tray_middle, below_top=0.03)
     push_tray_home(dishwasher.tray_bottom, below_top=0.06)
 
     # 3. Door: under its far edge, along an arc about the hinge (4 cm under the door's surface), then shut.
-    door_body = env.mojo.physics.bind(dishwasher.door.body.mjcf)
-    hinge = door_body.xpos.copy()
-    low, high = world_box(env, dishwasher.door.body)
+    hinge = open_scene.xpos[int(env.mojo.physics.bind(dishwasher.door.body.mjcf).element_id)].copy()
+    low, high = world_box(env, dishwasher.door.body, open_scene)
     radius = hinge[0] - low[0] - 0.06  # just inside the far edge
     start_angle = np.arcsin(np.clip((high[2] - hinge[2]) / max(hinge[0] - low[0], 1e-3), -1, 1))
     under = low[2] - 0.035

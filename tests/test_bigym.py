@@ -15,8 +15,8 @@ from datasets.bigym_demos import (import_recorded_demos, load_bigym_demos, make_
                                   record_scripted_demo)
 from datasets.bigym_solvers import SCRIPTED_RECIPES, SOLVERS, scripted_recipe  # noqa: E402
 from datasets.replay_buffer import ChunkDataset, compute_stats  # noqa: E402
-from env.bigym_env import (DEFAULT_FLOATING_DOFS, BiGymEnv, make_bigym_env, resolve_task, task_classes,  # noqa: E402
-                           to_snake_case)
+from env.bigym_env import (DEFAULT_FLOATING_DOFS, BiGymEnv, make_bigym_env, resolve_task, sample_start,  # noqa: E402
+                           start_rng, task_classes, to_snake_case)
 from env.errors import UserInputError  # noqa: E402
 from models.act import ACT  # noqa: E402
 from models.policy import ACTPolicy, ChunkedActionExecutor  # noqa: E402
@@ -71,7 +71,10 @@ def test_perturbed_starts_vary_within_bounds():
     for seed in (0, 1, 0):
         env.reset(seed=seed)
         starts.append(np.concatenate([raw.robot.qpos_actuated, raw.dishwasher.get_state()]))
+    # For each prop joint a share of the starts has BiGym's own reset state (fully open), the rest partly closed.
+    openings = np.array([sample_start(raw, start_rng(seed))[-3:] for seed in range(30)])  # (30, 3)
     env.close()
+    assert ((openings == 1.0).sum(axis=0) >= 3).all() and ((openings < 1.0).sum(axis=0) >= 10).all()
     np.testing.assert_allclose(starts[0], starts[2], atol=1e-6)
     assert np.abs(starts[0] - starts[1]).max() > 0.01
     for start in starts:

@@ -230,7 +230,7 @@ def solve_reach_target(env, motion: ScriptedMotion, rng: np.random.Generator):
     side = min(SIDES, key=lambda s: np.linalg.norm(motion.hand_pose(s, "wrist")[0] - target))
     goal = target + rng.uniform(-0.02, 0.02, size=3)  # inside BiGym's 0.1 m tolerance
     motion.move({side: HandTarget(goal, site="wrist")}, duration=1.5, use_base=True)
-    motion.hold(1.0)  # stay on it: without a long enough hold, policies drift off the target after touching it
+    motion.hold(0.4)
 
 
 

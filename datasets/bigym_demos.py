@@ -223,7 +223,7 @@ def _convert_actions(demo, action_mode: str, control_frequency: int, robot):
     return DemoConverter.decimate(demo, control_frequency, DEMO_FREQUENCY, robot=robot)
 
 
-def replay_demo(env, demo, cameras: list[str]) -> tuple[dict, bool]:
+def replay_demo(env, demo, cameras: list[str], joint_velocities: bool = True) -> tuple[dict, bool]:
     """Step 4: re-simulate `demo` in `env`; returns (episode, success at the end)."""
     env.reset(seed=demo.seed)
     start = demo.metadata.environment_data.reset_positions  # all zeros in human demos: BiGym's own reset
@@ -233,7 +233,7 @@ def replay_demo(env, demo, cameras: list[str]) -> tuple[dict, bool]:
     states, images, actions = [], [], []
     for timestep in demo.timesteps:
         action = timestep.executed_action  # (A,) float64, already clipped to the env's action space
-        states.append(bigym_state_vector(obs))
+        states.append(bigym_state_vector(obs, joint_velocities))
         if cameras:
             images.append(bigym_camera_images(obs, cameras))
         actions.append(action.astype(np.float32))
@@ -245,20 +245,22 @@ def replay_demo(env, demo, cameras: list[str]) -> tuple[dict, bool]:
 
 
 def _episode_cache_file(episode_cache_dir, task: str, uuid: str, cameras, image_size, action_mode,
-                        control_frequency, fast_rendering) -> Path:
+                        control_frequency, fast_rendering, joint_velocities) -> Path:
     view = f"{'-'.join(cameras)}_{image_size}px_{'fast' if fast_rendering else 'full'}" if cameras else "state"
+    view += "" if joint_velocities else "_novel"
     return Path(episode_cache_dir) / task / f"{action_mode}_{control_frequency}hz_{view}" / f"{uuid}.npz"
 
 
 def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: int, action_mode: str,
                      control_frequency: int, fast_rendering: bool, cache_root=None,
                      episode_cache_dir=None, demo_source: str = "human",
-                     floating_dofs=DEFAULT_FLOATING_DOFS) -> list[dict]:
+                     floating_dofs=DEFAULT_FLOATING_DOFS, joint_velocities: bool = True) -> list[dict]:
     """num_demos (-1: all) BiGym demos of `task` as episodes (see the module docstring).
 
     demo_source: "human" (BiGym's release) or "scripted" (made here first when fewer than num_demos exist).
     cache_root: DemoStore cache root (None: ~/.bigym for human demos, downloading the release on first use).
     episode_cache_dir: where converted episodes are kept (None: convert every time).
+    joint_velocities: keep the joint velocities in the state (env.bigym_env.bigym_state_vector).
     """
     task_cls = resolve_task(task)
     task = task_cls.__name__
@@ -278,7 +280,7 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
         cache_file = None
         if episode_cache_dir is not None:
             cache_file = _episode_cache_file(episode_cache_dir, task, demo.uuid, cameras, image_size, action_mode,
-                                             control_frequency, fast_rendering)
+                                             control_frequency, fast_rendering, joint_velocities)
             if cache_file.exists():
                 with np.load(cache_file) as data:
                     episodes.append({key: data[key] for key in data.files if key != "success"})
@@ -287,7 +289,8 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
         if env is None:
             env = make_bigym_env(task, cameras, image_size, action_mode, control_frequency, fast_rendering,
                                  floating_dofs)
-        episode, success = replay_demo(env, _convert_actions(demo, action_mode, control_frequency, env.robot), cameras)
+        episode, success = replay_demo(env, _convert_actions(demo, action_mode, control_frequency, env.robot), cameras,
+                                       joint_velocities)
         episodes.append(episode)
         successes += int(success)
         if cache_file is not None:

@@ -11,9 +11,10 @@ recording tools default to; DishwasherClose needs it: the open door and bottom t
 cameras head / left_wrist / right_wrist. The E environments are E independent MuJoCo simulations stepped in
 a loop in this process (CPU; MuJoCo stepping is cheap, rendering dominates).
 
-State vector (S = 66 for H1 with a floating base x, y, rz; 68 with z too), in this fixed order (STATE_KEYS):
-    proprioception (58: 29 joint positions, 29 joint velocities), proprioception_grippers (2),
+State vector (S = 66 for H1 with a floating base x, y, rz; 70 with z too), in this fixed order (STATE_KEYS):
+    proprioception (58: 29 joint positions, 29 joint velocities; 60 with z), proprioception_grippers (2),
     proprioception_floating_base (3 or 4), proprioception_floating_base_actions (3 or 4).
+joint_velocities=False leaves the velocities out (S = 37 / 40).
 The same functions build demo observations (datasets/bigym_demos.py), so training and evaluation agree.
 
 Observation after reset, checked on BiGym 4.1.0 / MuJoCo 3.1.5 (DishwasherClose): env.reset() returns the
@@ -162,13 +163,20 @@ def read_observation(env) -> dict:
     return env.get_observation()
 
 
-def bigym_state_vector(obs: dict) -> np.ndarray:
-    """BiGym observation dict -> (S,) float32 state in STATE_KEYS order."""
+def bigym_state_vector(obs: dict, joint_velocities: bool = True) -> np.ndarray:
+    """BiGym observation dict -> (S,) float32 state in STATE_KEYS order.
+
+    joint_velocities=False drops the second half of "proprioception" (the joint velocities), as the ACT paper's
+    policy sees joint positions only.
+    """
     missing = [k for k in STATE_KEYS if k not in obs]
     if missing:
         raise KeyError(f"BiGym observation lacks {missing} (needs proprioception on and a floating base); "
                        f"has {sorted(obs)}")
-    return np.concatenate([np.asarray(obs[k], dtype=np.float32).reshape(-1) for k in STATE_KEYS])
+    parts = [np.asarray(obs[k], dtype=np.float32).reshape(-1) for k in STATE_KEYS]
+    if not joint_velocities:
+        parts[0] = parts[0][:len(parts[0]) // 2]  # BiGym concatenates [qpos, qvel] of the same joints
+    return np.concatenate(parts)
 
 
 def bigym_camera_images(obs: dict, cameras: list[str]) -> np.ndarray:
@@ -269,15 +277,18 @@ def reset_perturbed(env, seed: int) -> np.ndarray:
 class BiGymEnv:
     def __init__(self, env_id: str, num_envs: int, cameras: list[str], image_size: int, action_mode: str = "absolute",
                  control_frequency: int = 50, max_episode_steps: int = 1000, fast_rendering: bool = False,
-                 video_size: int = 192, perturbed_starts: bool = False, floating_dofs=DEFAULT_FLOATING_DOFS):
+                 video_size: int = 192, perturbed_starts: bool = False, floating_dofs=DEFAULT_FLOATING_DOFS,
+                 joint_velocities: bool = True):
         """env_id: BiGym task (class name or snake_case). max_episode_steps counts control steps.
 
         perturbed_starts: after BiGym's reset, move robot and prop to the perturbed start drawn for the
         episode's seed (see sample_start); False evaluates on BiGym's own reset, the paper's protocol.
         video_size: side of each camera tile in render() frames.
+        joint_velocities: keep the joint velocities in the state (see bigym_state_vector).
         """
         self.num_envs, self.cameras = num_envs, list(cameras)
         self.max_episode_steps, self.perturbed_starts = max_episode_steps, perturbed_starts
+        self.joint_velocities = joint_velocities
         self.envs = [make_bigym_env(env_id, self.cameras, image_size, action_mode, control_frequency, fast_rendering,
                                     floating_dofs) for _ in range(num_envs)]
         self.action_dim = self.envs[0].action_space.shape[0]
@@ -285,7 +296,7 @@ class BiGymEnv:
         self._video_renderers = None  # made on the first render() call: evaluation without video never pays
 
     def _convert(self, observations: list[dict]) -> dict:
-        out = {"state": np.stack([bigym_state_vector(obs) for obs in observations])}  # (E, S)
+        out = {"state": np.stack([bigym_state_vector(obs, self.joint_velocities) for obs in observations])}  # (E, S)
         if self.cameras:
             # (E, N, 3, H, W)
             out["images"] = np.stack([bigym_camera_images(obs, self.cameras) for obs in observations])

@@ -212,6 +212,25 @@ def test_delta_actions_state_only(demo_setup):
         np.testing.assert_allclose(targets, abs_ep["actions"][:, 3:13], atol=0.05)
 
 
+def test_state_without_joint_velocities(demo_setup):
+    """joint_velocities=False: demos and environment both leave out the 29 joint velocities and nothing else."""
+    _, kwargs, full = demo_setup
+    positions_only = load_bigym_demos(**{**kwargs, "cameras": [], "joint_velocities": False})
+    keep = np.r_[0:29, 58:66]  # joint positions | grippers, floating base, its accumulated actions
+    for full_ep, ep in zip(full, positions_only):
+        assert ep["state"].shape == (len(full_ep["state"]), 37)
+        np.testing.assert_array_equal(ep["state"], full_ep["state"][:, keep])
+    env_states = {}
+    for joint_velocities in (True, False):
+        env = BiGymEnv(TASK, num_envs=1, cameras=[], image_size=1, control_frequency=CONTROL_FREQUENCY,
+                       joint_velocities=joint_velocities)
+        env.reset(seed=0)
+        env_states[joint_velocities] = env.step(np.zeros((1, env.action_dim), np.float32))[0]["state"][0]
+        env.close()
+    assert np.abs(env_states[True][29:58]).max() > 0  # the robot moves after a step: velocities are not zero
+    np.testing.assert_array_equal(env_states[False], env_states[True][keep])
+
+
 def test_demo_start_matches_env_reset(demo_setup):
     """Re-simulation re-applies the recorded perturbed start: the first frames equal the perturbed evaluation
     start of the same seed (shared reset, perturbation, observation and rendering code), and differ from

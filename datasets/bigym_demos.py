@@ -37,8 +37,8 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.bigym_solvers import SOLVERS, ScriptedMotion
-from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, apply_start, bigym_camera_images, bigym_state_vector,
-                           make_bigym_env, read_observation, reset_perturbed, resolve_task)
+from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, absolute_base_action, apply_start, bigym_camera_images,
+                           bigym_state_vector, make_bigym_env, read_observation, reset_perturbed, resolve_task)
 from env.errors import UserInputError
 
 SCRIPTED_DEMO_ROOT = "demos/bigym_scripted"  # default DemoStore root of scripted demos (relative to the repo)
@@ -223,8 +223,12 @@ def _convert_actions(demo, action_mode: str, control_frequency: int, robot):
     return DemoConverter.decimate(demo, control_frequency, DEMO_FREQUENCY, robot=robot)
 
 
-def replay_demo(env, demo, cameras: list[str], joint_velocities: bool = True) -> tuple[dict, bool]:
-    """Step 4: re-simulate `demo` in `env`; returns (episode, success at the end)."""
+def replay_demo(env, demo, cameras: list[str], joint_velocities: bool = True,
+                base_action: str = "delta") -> tuple[dict, bool]:
+    """Step 4: re-simulate `demo` in `env`; returns (episode, success at the end).
+
+    base_action="absolute" records the base targets each step's deltas lead to (env.bigym_env.absolute_base_action).
+    """
     env.reset(seed=demo.seed)
     start = demo.metadata.environment_data.reset_positions  # all zeros in human demos: BiGym's own reset
     if np.any(start):
@@ -236,7 +240,7 @@ def replay_demo(env, demo, cameras: list[str], joint_velocities: bool = True) ->
         states.append(bigym_state_vector(obs, joint_velocities))
         if cameras:
             images.append(bigym_camera_images(obs, cameras))
-        actions.append(action.astype(np.float32))
+        actions.append(absolute_base_action(env, action) if base_action == "absolute" else action.astype(np.float32))
         obs, *_ = env.step(action)
     episode = {"state": np.stack(states), "actions": np.stack(actions)}  # (T, S), (T, A)
     if cameras:
@@ -245,22 +249,24 @@ def replay_demo(env, demo, cameras: list[str], joint_velocities: bool = True) ->
 
 
 def _episode_cache_file(episode_cache_dir, task: str, uuid: str, cameras, image_size, action_mode,
-                        control_frequency, fast_rendering, joint_velocities) -> Path:
+                        control_frequency, fast_rendering, joint_velocities, base_action) -> Path:
     view = f"{'-'.join(cameras)}_{image_size}px_{'fast' if fast_rendering else 'full'}" if cameras else "state"
-    view += "" if joint_velocities else "_novel"
+    view += ("" if joint_velocities else "_novel") + ("_absbase" if base_action == "absolute" else "")
     return Path(episode_cache_dir) / task / f"{action_mode}_{control_frequency}hz_{view}" / f"{uuid}.npz"
 
 
 def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: int, action_mode: str,
                      control_frequency: int, fast_rendering: bool, cache_root=None,
                      episode_cache_dir=None, demo_source: str = "human",
-                     floating_dofs=DEFAULT_FLOATING_DOFS, joint_velocities: bool = True) -> list[dict]:
+                     floating_dofs=DEFAULT_FLOATING_DOFS, joint_velocities: bool = True,
+                     base_action: str = "delta") -> list[dict]:
     """num_demos (-1: all) BiGym demos of `task` as episodes (see the module docstring).
 
     demo_source: "human" (BiGym's release) or "scripted" (made here first when fewer than num_demos exist).
     cache_root: DemoStore cache root (None: ~/.bigym for human demos, downloading the release on first use).
     episode_cache_dir: where converted episodes are kept (None: convert every time).
     joint_velocities: keep the joint velocities in the state (env.bigym_env.bigym_state_vector).
+    base_action: "delta" (BiGym's) or "absolute" floating-base actions (see replay_demo).
     """
     task_cls = resolve_task(task)
     task = task_cls.__name__
@@ -280,7 +286,7 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
         cache_file = None
         if episode_cache_dir is not None:
             cache_file = _episode_cache_file(episode_cache_dir, task, demo.uuid, cameras, image_size, action_mode,
-                                             control_frequency, fast_rendering, joint_velocities)
+                                             control_frequency, fast_rendering, joint_velocities, base_action)
             if cache_file.exists():
                 with np.load(cache_file) as data:
                     episodes.append({key: data[key] for key in data.files if key != "success"})
@@ -290,7 +296,7 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
             env = make_bigym_env(task, cameras, image_size, action_mode, control_frequency, fast_rendering,
                                  floating_dofs)
         episode, success = replay_demo(env, _convert_actions(demo, action_mode, control_frequency, env.robot), cameras,
-                                       joint_velocities)
+                                       joint_velocities, base_action)
         episodes.append(episode)
         successes += int(success)
         if cache_file is not None:

@@ -56,6 +56,7 @@ STATE_KEYS = (
 )
 ROBOT_CAMERAS = ("head", "left_wrist", "right_wrist")
 ACTION_MODES = ("absolute", "delta")
+BASE_ACTIONS = ("delta", "absolute")  # what the policy predicts for the floating base (BiGym itself takes deltas)
 PELVIS_DOFS = ("pelvis_x", "pelvis_y", "pelvis_z", "pelvis_rz")  # BiGym's PelvisDof values
 DEFAULT_FLOATING_DOFS = ("pelvis_x", "pelvis_y", "pelvis_rz")  # BiGym's default (the paper's setting)
 DEMO_FREQUENCY = 500  # BiGym's physics rate, the rate its demos are recorded at
@@ -184,6 +185,35 @@ def bigym_camera_images(obs: dict, cameras: list[str]) -> np.ndarray:
     return np.stack([np.asarray(obs[f"rgb_{name}"], dtype=np.uint8) for name in cameras])
 
 
+def base_targets(env) -> np.ndarray:
+    """The floating base's controller targets (pelvis x, y, (z,) yaw, in action order): the pose BiGym's base deltas
+    have accumulated to, in the frame of proprioception_floating_base."""
+    physics = env.mojo.physics
+    return np.array([float(physics.bind(actuator).ctrl) for actuator in env.robot.floating_base.all_actuators])
+
+
+def absolute_base_action(env, action: np.ndarray) -> np.ndarray:
+    """A BiGym action (base deltas first) -> the same action with the base targets those deltas lead to.
+
+    Where `base_action: absolute`, demos record these and the policy predicts them: like the arms' joint targets, an
+    error in one step is corrected by the next prediction instead of adding up as deltas do.
+    """
+    physics, actuators = env.mojo.physics, env.robot.floating_base.all_actuators
+    targets = base_targets(env) + action[:len(actuators)]
+    limits = [physics.bind(a).ctrlrange if physics.bind(a).ctrllimited else (-np.inf, np.inf) for a in actuators]
+    out = np.array(action, dtype=np.float32)
+    out[:len(actuators)] = [np.clip(target, *limit) for target, limit in zip(targets, limits)]  # as BiGym clips
+    return out
+
+
+def base_deltas(env, action: np.ndarray) -> np.ndarray:
+    """The inverse of absolute_base_action: base targets -> BiGym's deltas from the current targets."""
+    out = np.array(action, dtype=np.float32)
+    num_base = len(env.robot.floating_base.all_actuators)
+    out[:num_base] = out[:num_base] - base_targets(env)
+    return out
+
+
 def clip_action(env, action: np.ndarray) -> np.ndarray:
     """BiGym raises on actions outside its action space; a policy's predictions may overshoot slightly."""
     space = env.action_space
@@ -278,17 +308,21 @@ class BiGymEnv:
     def __init__(self, env_id: str, num_envs: int, cameras: list[str], image_size: int, action_mode: str = "absolute",
                  control_frequency: int = 50, max_episode_steps: int = 1000, fast_rendering: bool = False,
                  video_size: int = 192, perturbed_starts: bool = False, floating_dofs=DEFAULT_FLOATING_DOFS,
-                 joint_velocities: bool = True):
+                 joint_velocities: bool = True, base_action: str = "delta"):
         """env_id: BiGym task (class name or snake_case). max_episode_steps counts control steps.
 
         perturbed_starts: after BiGym's reset, move robot and prop to the perturbed start drawn for the
         episode's seed (see sample_start); False evaluates on BiGym's own reset, the paper's protocol.
         video_size: side of each camera tile in render() frames.
         joint_velocities: keep the joint velocities in the state (see bigym_state_vector).
+        base_action: "delta" (BiGym's own) or "absolute": the actions' base entries are targets (absolute_base_action),
+            turned into BiGym's deltas here.
         """
+        if base_action not in BASE_ACTIONS:
+            raise UserInputError(f"base_action must be one of {BASE_ACTIONS}, got '{base_action}'")
         self.num_envs, self.cameras = num_envs, list(cameras)
         self.max_episode_steps, self.perturbed_starts = max_episode_steps, perturbed_starts
-        self.joint_velocities = joint_velocities
+        self.joint_velocities, self.base_action = joint_velocities, base_action
         self.envs = [make_bigym_env(env_id, self.cameras, image_size, action_mode, control_frequency, fast_rendering,
                                     floating_dofs) for _ in range(num_envs)]
         self.action_dim = self.envs[0].action_space.shape[0]
@@ -316,6 +350,8 @@ class BiGymEnv:
         """actions (E, A) -> obs, reward (E,) float32, success (E,) bool. Episodes are not ended on success."""
         observations, rewards, successes = [], [], []
         for env, action in zip(self.envs, np.asarray(actions)):
+            if self.base_action == "absolute":
+                action = base_deltas(env, action)
             obs, reward, _, _, _ = env.step(clip_action(env, action))
             observations.append(obs)
             rewards.append(reward)

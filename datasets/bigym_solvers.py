@@ -272,6 +272,9 @@ def fully_open_dishwasher(env):
     return data
 
 
+PUSH_PAST = 0.03  # m: DishwasherClose's pushes aim this far past where the tray or door is closed (it stops there)
+
+
 def solve_dishwasher_close(env, motion: ScriptedMotion, rng: np.random.Generator):
     """DishwasherClose: push the middle and bottom trays home with the left hand, then swing the door up
     about its hinge and push it shut. The robot faces the dishwasher along +x; trays close along +x.
@@ -304,7 +307,7 @@ def solve_dishwasher_close(env, motion: ScriptedMotion, rng: np.random.Generator
         height = high[2] - below_top
         reach([low[0] - 0.07, lane, height + 0.06] + jitter(), 0.9)
         reach([low[0] - 0.03, lane, height], 0.4)
-        reach([low[0] + travel - 0.004, lane, height], 1.0)
+        reach([low[0] + travel - 0.004 + PUSH_PAST, lane, height], 1.0)
 
     open_scene = fully_open_dishwasher(env)
     low, _ = world_box(env, dishwasher.tray_middle.body, open_scene)
@@ -326,7 +329,7 @@ def solve_dishwasher_close(env, motion: ScriptedMotion, rng: np.random.Generator
     for angle in np.linspace(max(start_angle, 0) + 0.25, np.pi / 2 - 0.15, 4):
         reach([hinge[0] - radius * np.cos(angle), lane, hinge[2] + radius * np.sin(angle) - 0.04], 0.35)
     # The closed door's outer face is ~4.5 cm in front of the hinge: push the pinch to there, then step back.
-    reach([hinge[0] - 0.045, lane, hinge[2] + 0.8 * radius], 0.5)
+    reach([hinge[0] - 0.045 + PUSH_PAST, lane, hinge[2] + 0.8 * radius], 0.5)
     reach([hinge[0] - 0.15, lane, hinge[2] + 0.8 * radius], 0.35)
     motion.hold(0.3)
 

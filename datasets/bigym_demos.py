@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from datasets.bigym_solvers import SOLVERS, ScriptedMotion
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, absolute_base_action, apply_start, bigym_camera_images,
-                           bigym_state_vector, make_bigym_env, read_observation, reset_perturbed, resolve_task)
+                           bigym_state_vector, make_bigym_env, read_observation, reset_perturbed, resolve_task, solved)
 from env.errors import UserInputError
 
 SCRIPTED_DEMO_ROOT = "demos/bigym_scripted"  # default DemoStore root of scripted demos (relative to the repo)
@@ -137,7 +137,7 @@ def record_scripted_demo(env, solver, seed: int, recorder):
                             np.random.default_rng([seed, 1]))
     solver(env, motion, motion.rng)
     recorder.stop()
-    return recorder.demo if env.success else None
+    return recorder.demo if solved(env) else None
 
 
 def _recorded_seeds(store, task_cls, floating_dofs) -> list[int]:
@@ -245,7 +245,7 @@ def replay_demo(env, demo, cameras: list[str], joint_velocities: bool = True,
     episode = {"state": np.stack(states), "actions": np.stack(actions)}  # (T, S), (T, A)
     if cameras:
         episode["images"] = np.stack(images)  # (T, N, 3, H, W)
-    return episode, env.success
+    return episode, solved(env)
 
 
 def _episode_cache_file(episode_cache_dir, task: str, uuid: str, cameras, image_size, action_mode,

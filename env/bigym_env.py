@@ -214,6 +214,13 @@ def base_deltas(env, action: np.ndarray) -> np.ndarray:
     return out
 
 
+def solved(env) -> bool:
+    """BiGym's success check, counted only while the physics is healthy. After a physics error MuJoCo resets the
+    simulation, which puts the props back at their closed (zero) joint states: BiGym then flags the episode as
+    truncated, and the reset scene can look solved (a DishwasherClose rollout "succeeded" 17 steps in this way)."""
+    return bool(env.success and env.is_healthy)
+
+
 def clip_action(env, action: np.ndarray) -> np.ndarray:
     """BiGym raises on actions outside its action space; a policy's predictions may overshoot slightly."""
     space = env.action_space
@@ -347,7 +354,8 @@ class BiGymEnv:
         return self._convert(observations)
 
     def step(self, actions: np.ndarray):
-        """actions (E, A) -> obs, reward (E,) float32, success (E,) bool. Episodes are not ended on success."""
+        """actions (E, A) -> obs, reward (E,) float32, success (E,) bool. Episodes are not ended on success; after a
+        physics error an episode counts as failed to its end (see solved)."""
         observations, rewards, successes = [], [], []
         for env, action in zip(self.envs, np.asarray(actions)):
             if self.base_action == "absolute":
@@ -355,7 +363,7 @@ class BiGymEnv:
             obs, reward, _, _, _ = env.step(clip_action(env, action))
             observations.append(obs)
             rewards.append(reward)
-            successes.append(env.success)
+            successes.append(solved(env))
         return self._convert(observations), np.asarray(rewards, np.float32), np.asarray(successes, bool)
 
     def render(self, count: int | None = None) -> np.ndarray:

@@ -121,6 +121,25 @@ def test_non_solving_demo_is_rejected():
     env.close()
 
 
+def test_physics_error_is_not_a_success():
+    """A diverging simulation makes MuJoCo reset it: the dishwasher is then closed and BiGym's own success check
+    says solved, but BiGym marks the episode unhealthy; the adapter reports failure for the rest of the episode."""
+    env = BiGymEnv("DishwasherClose", num_envs=1, cameras=[], image_size=1, control_frequency=50)
+    env.reset(seed=0)
+    raw = env.envs[0]
+    assert not raw.success  # BiGym's reset: everything open
+    raw.mojo.data.qvel[:] = 1e12  # a physics blow-up, as a policy's contact can cause
+    with pytest.warns(UserWarning, match="Physics error"):
+        _, _, success = env.step(np.zeros((1, env.action_dim), np.float32))
+    assert raw.success and not raw.is_healthy  # BiGym alone would count this episode as solved
+    assert not success[0]
+    _, _, success = env.step(np.zeros((1, env.action_dim), np.float32))
+    assert not success[0]
+    env.reset(seed=0)
+    assert raw.is_healthy
+    env.close()
+
+
 def test_import_recorded_demos(tmp_path):
     """A DemoRecorder file from elsewhere joins a DemoStore cache and loads as a (human-source) demo."""
     from demonstrations.demo_recorder import DemoRecorder

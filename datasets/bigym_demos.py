@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from datasets.bigym_solvers import SOLVERS, ScriptedMotion
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, absolute_base_action, apply_start, bigym_camera_images,
-                           bigym_state_vector, make_bigym_env, read_observation, reset_perturbed, resolve_task, solved)
+                           bigym_state_vector, check_base_action, make_bigym_env, read_observation, reset_perturbed,
+                           resolve_task, solved)
 from env.errors import UserInputError
 
 SCRIPTED_DEMO_ROOT = "demos/bigym_scripted"  # default DemoStore root of scripted demos (relative to the repo)
@@ -270,6 +271,7 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
     """
     task_cls = resolve_task(task)
     task = task_cls.__name__
+    check_base_action(base_action)  # before any demo is made or cached: a typo must not train on delta actions
     if demo_source == "scripted":
         if cache_root is None:
             raise UserInputError(f"demo_source=scripted needs a cache_root for the scripted demos (e.g. {SCRIPTED_DEMO_ROOT})")

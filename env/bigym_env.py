@@ -185,6 +185,16 @@ def bigym_camera_images(obs: dict, cameras: list[str]) -> np.ndarray:
     return np.stack([np.asarray(obs[f"rgb_{name}"], dtype=np.uint8) for name in cameras])
 
 
+def check_base_action(base_action: str):
+    if base_action not in BASE_ACTIONS:
+        raise UserInputError(f"base_action must be one of {BASE_ACTIONS}, got '{base_action}'")
+
+
+def clip_to_control_range(bound_actuator, value: float) -> float:
+    """`value` clipped to the actuator's control range, where it has one (MuJoCo's ctrllimited)."""
+    return float(np.clip(value, *bound_actuator.ctrlrange)) if bound_actuator.ctrllimited else float(value)
+
+
 def base_targets(env) -> np.ndarray:
     """The floating base's controller targets (pelvis x, y, (z,) yaw, in action order): the pose BiGym's base deltas
     have accumulated to, in the frame of proprioception_floating_base."""
@@ -198,11 +208,10 @@ def absolute_base_action(env, action: np.ndarray) -> np.ndarray:
     Where `base_action: absolute`, demos record these and the policy predicts them: like the arms' joint targets, an
     error in one step is corrected by the next prediction instead of adding up as deltas do.
     """
-    physics, actuators = env.mojo.physics, env.robot.floating_base.all_actuators
-    targets = base_targets(env) + action[:len(actuators)]
-    limits = [physics.bind(a).ctrlrange if physics.bind(a).ctrllimited else (-np.inf, np.inf) for a in actuators]
     out = np.array(action, dtype=np.float32)
-    out[:len(actuators)] = [np.clip(target, *limit) for target, limit in zip(targets, limits)]  # as BiGym clips
+    for i, actuator in enumerate(env.robot.floating_base.all_actuators):
+        bound = env.mojo.physics.bind(actuator)
+        out[i] = clip_to_control_range(bound, float(bound.ctrl) + action[i])  # as BiGym clips the accumulated target
     return out
 
 
@@ -277,8 +286,7 @@ def apply_start(env, start) -> None:
     actuators = list(robot.floating_base.all_actuators) + list(robot.limb_actuators)
     for actuator, value in zip(actuators, start[:len(actuators)]):
         bound = physics.bind(actuator)
-        if bound.ctrllimited:
-            value = np.clip(value, *bound.ctrlrange)
+        value = clip_to_control_range(bound, value)
         physics.bind(actuator.joint).qpos = value
         physics.bind(actuator.joint).qvel = 0
         bound.ctrl = value
@@ -325,8 +333,7 @@ class BiGymEnv:
         base_action: "delta" (BiGym's own) or "absolute": the actions' base entries are targets (absolute_base_action),
             turned into BiGym's deltas here.
         """
-        if base_action not in BASE_ACTIONS:
-            raise UserInputError(f"base_action must be one of {BASE_ACTIONS}, got '{base_action}'")
+        check_base_action(base_action)
         self.num_envs, self.cameras = num_envs, list(cameras)
         self.max_episode_steps, self.perturbed_starts = max_episode_steps, perturbed_starts
         self.joint_velocities, self.base_action = joint_velocities, base_action

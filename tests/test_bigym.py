@@ -274,6 +274,16 @@ def test_absolute_base_actions_replay_the_demo(demo_setup):
     env.close()
 
 
+def test_unknown_base_action_is_refused(tmp_path):
+    """A typo in base_action stops the run before any demo is made, rather than training on delta actions."""
+    with pytest.raises(UserInputError, match=r"base_action must be one of \('delta', 'absolute'\), got 'abs'"):
+        load_bigym_demos(TASK, 1, [], IMAGE_SIZE, "absolute", 25, True, cache_root=tmp_path, demo_source="scripted",
+                         base_action="abs")
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(UserInputError, match="base_action must be one of"):
+        BiGymEnv(TASK, num_envs=1, cameras=[], image_size=1, base_action="abs")
+
+
 def test_demo_start_matches_env_reset(demo_setup):
     """Re-simulation re-applies the recorded perturbed start: the first frames equal the perturbed evaluation
     start of the same seed (shared reset, perturbation, observation and rendering code), and differ from

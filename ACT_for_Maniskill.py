@@ -30,12 +30,12 @@ def load_episodes(cfg):
     if not path.exists():
         print(f"[demos] {path} not found: generating {cfg.num_demos} demonstrations with ManiSkill's motion planner")
         generate_demos(cfg.env_id, cfg.num_demos, cfg.obs_mode, cfg.control_mode, path)
-    return load_maniskill_demos(path, cfg.num_demos, cfg.obs_mode, cfg.control_mode, cfg.cameras)
+    return load_maniskill_demos(path, cfg.num_demos, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.image_size)
 
 
 def make_env(cfg, num_envs: int) -> ManiSkillEnv:
     return ManiSkillEnv(cfg.env_id, num_envs, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.max_episode_steps,
-                        cfg.sim_backend, cfg.render_backend)
+                        cfg.sim_backend, cfg.render_backend, cfg.image_size)
 
 
 def main():
@@ -58,6 +58,7 @@ def main():
     with main_process_first(distributed):  # under torchrun rank 0 makes missing demos, then the others load
         episodes = load_episodes(cfg)
     data = prepare_data(cfg, episodes, action_type)
+    del episodes  # the replay buffer now holds the only copy of the demos (images stay uint8)
 
     # 3. Model: the ACT policy, sized by cfg.model, carrying the statistics.
     policy = build_policy(cfg, data.shape_meta, data.stats, checkpoint)

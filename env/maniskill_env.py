@@ -3,6 +3,13 @@
 observations -> {"state": (E, S) float32, "images": (E, N, C, H, W) uint8 (camera modes only)}
 actions      <- (E, A) float32 numpy
 
+In the camera modes (rgb, rgbd) the state vector is the robot's own sensing plus the task's goal, never the
+object's pose: agent/qpos (9), agent/qvel (9), extra/tcp_pose (7, the gripper pose, forward kinematics of qpos)
+and, where the task has one, extra/goal_pos (3, the target the camera cannot see: PickCube's goal marker is
+hidden from cameras). ManiSkill's extra/is_grasped is dropped (SIMULATOR_ONLY_KEYS): it comes from the
+simulator's contact forces, which neither a camera nor a real robot provides. In state mode the policy sees
+ManiSkill's full state vector, object poses included.
+
 On a CUDA machine the E environments run as one GPU-simulated batch (physx_cuda); on a CPU machine they
 run as E CPU-simulated environments in worker processes (gymnasium AsyncVectorEnv), so rollouts use
 every core and the policy still sees one batch.
@@ -12,6 +19,7 @@ every core and the policy still sees one batch.
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from env.errors import UserInputError, did_you_mean
 
@@ -66,16 +74,20 @@ def check_env_id(env_id: str):
         raise UserInputError(f"unknown ManiSkill env_id '{env_id}'." + did_you_mean(env_id, names))
 
 
+# Observation entries left out of the camera modes' state vector: read off the simulator, not sensed.
+SIMULATOR_ONLY_KEYS = ("is_grasped",)
+
+
 def maniskill_state_vector(obs: dict) -> np.ndarray:
-    """(B, S) proprioception + task state from a ManiSkill observation dict (leading batch or time axis B),
-    in a fixed (sorted-key) order.
+    """(B, S) proprioception + task goal from a camera-mode ManiSkill observation dict (leading batch or time
+    axis B), in a fixed (sorted-key) order.
 
     Works on both an HDF5 group and the env's observation dict, so training and rollouts agree.
-    Camera data (sensor_data, sensor_param) is not part of the state vector.
+    Camera data (sensor_data, sensor_param) and SIMULATOR_ONLY_KEYS are not part of the state vector.
     """
     parts = []
     for key in sorted(obs.keys()):
-        if key in ("sensor_data", "sensor_param"):
+        if key in ("sensor_data", "sensor_param", *SIMULATOR_ONLY_KEYS):
             continue
         value = obs[key]
         if hasattr(value, "keys"):
@@ -86,8 +98,20 @@ def maniskill_state_vector(obs: dict) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def maniskill_camera_images(sensor_data, cameras: list[str], use_depth: bool) -> np.ndarray:
-    """(T, N, C, H, W) uint8 images of the given cameras; depth (mm, int16) becomes a 4th channel in uint8."""
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """(..., C, H, W) uint8 -> (..., C, size, size) uint8 by area averaging: every camera pixel contributes, so
+    small objects do not flicker in and out as they would when every k-th pixel is picked."""
+    if images.shape[-2:] == (size, size):
+        return images
+    flat = torch.from_numpy(images).reshape(-1, *images.shape[-3:]).float()  # (T*N, C, H, W)
+    resized = F.interpolate(flat, size=(size, size), mode="area")
+    return resized.round_().to(torch.uint8).reshape(*images.shape[:-2], size, size).numpy()
+
+
+def maniskill_camera_images(sensor_data, cameras: list[str], use_depth: bool, image_size: int | None = None
+                            ) -> np.ndarray:
+    """(T, N, C, H, W) uint8 images of the given cameras, resized to image_size x image_size when given (None:
+    the camera's own resolution); depth (mm, int16) becomes a 4th channel in uint8."""
     per_camera = []
     for name in cameras:
         frames = np.asarray(sensor_data[name]["rgb"])  # (T, H, W, 3) uint8
@@ -96,7 +120,8 @@ def maniskill_camera_images(sensor_data, cameras: list[str], use_depth: bool) ->
             depth = np.asarray(sensor_data[name]["depth"]).astype(np.float32)  # (T, H, W, 1)
             frames = np.concatenate([frames, np.clip(depth / 10.0, 0, 255).astype(np.uint8)], axis=-1)
         per_camera.append(frames.transpose(0, 3, 1, 2))  # (T, C, H, W)
-    return np.stack(per_camera, axis=1)
+    images = np.stack(per_camera, axis=1)  # (T, N, C, H, W)
+    return resize_images(images, image_size) if image_size else images
 
 
 def _make_single_cpu_env(env_kwargs: dict):
@@ -109,8 +134,10 @@ def _make_single_cpu_env(env_kwargs: dict):
 
 class ManiSkillEnv:
     def __init__(self, env_id: str, num_envs: int, obs_mode: str, control_mode: str, cameras: list[str],
-                 max_episode_steps: int, sim_backend: str = "auto", render_backend: str = "auto"):
+                 max_episode_steps: int, sim_backend: str = "auto", render_backend: str = "auto",
+                 image_size: int | None = None):
         check_env_id(env_id)
+        self.image_size = image_size
         self.sim_backend, self.render_backend = resolve_backends(sim_backend, render_backend)
         self.num_envs, self.obs_mode, self.cameras = num_envs, obs_mode, cameras
         self.max_episode_steps = max_episode_steps
@@ -134,7 +161,8 @@ class ManiSkillEnv:
             obs = common.to_numpy(obs)
         if self.obs_mode == "state":
             return {"state": np.asarray(obs, dtype=np.float32)}
-        images = maniskill_camera_images(obs["sensor_data"], self.cameras, use_depth=self.obs_mode == "rgbd")
+        images = maniskill_camera_images(obs["sensor_data"], self.cameras, use_depth=self.obs_mode == "rgbd",
+                                         image_size=self.image_size)
         return {"state": maniskill_state_vector({k: obs[k] for k in ("agent", "extra")}), "images": images}
 
     def reset(self, seed: int) -> dict:

@@ -8,22 +8,46 @@ into raw actions. `ChunkedActionExecutor` decides which action to execute at eac
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.act import ACT, act_loss
 from models.fast_cpu import use_cpu_fast_paths
 
 
+def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """Training-time augmentation: every image moved by its own random offset of up to +-pad pixels
+    (pad the borders by repeating edge pixels, cut a window of the original size at a random corner), as in
+    DrQ (Kostrikov et al. 2020). From a few demos a camera policy otherwise memorises exact pixel positions.
+
+    images: (B, N, C, H, W) float -> (B, N, C, H, W), each of the B*N images shifted independently.
+    """
+    batch, num_cams, channels, height, width = images.shape
+    flat = images.flatten(0, 1)  # (B*N, C, H, W)
+    padded = F.pad(flat, (pad, pad, pad, pad), mode="replicate")  # (B*N, C, H+2p, W+2p)
+    # Crop window of image i: rows top_i .. top_i+H-1, columns left_i .. left_i+W-1 of the padded image,
+    # gathered with one index per output row and column.
+    top, left = torch.randint(0, 2 * pad + 1, (2, len(flat), 1), device=images.device)  # (B*N, 1) each
+    rows = top + torch.arange(height, device=images.device)  # (B*N, H)
+    cols = left + torch.arange(width, device=images.device)  # (B*N, W)
+    image_index = torch.arange(len(flat), device=images.device)[:, None, None]  # (B*N, 1, 1)
+    shifted = padded.permute(0, 2, 3, 1)[image_index, rows[:, :, None], cols[:, None, :]]  # (B*N, H, W, C)
+    return shifted.permute(0, 3, 1, 2).reshape(batch, num_cams, channels, height, width)
+
+
 class ACTPolicy(nn.Module):
-    def __init__(self, model: ACT, stats: dict, kl_weight: float, cpu_fast_paths: bool = True):
+    def __init__(self, model: ACT, stats: dict, kl_weight: float, cpu_fast_paths: bool = True,
+                 random_shift: int = 0):
         """stats: {"state_mean", "state_std", "action_mean", "action_std"} arrays, from the training data.
         cpu_fast_paths: swap models/fast_cpu.py's faster layers into `model`, in place (same results and parameter
-        names); False keeps the plain layers of models/act.py."""
+        names); False keeps the plain layers of models/act.py.
+        random_shift: training images are shifted by up to this many pixels (random_shift above); 0 = off."""
         super().__init__()
         if cpu_fast_paths:
             use_cpu_fast_paths(model)
         self.model = model
         self.kl_weight = kl_weight
+        self.random_shift = random_shift
         for name in ("state_mean", "state_std", "action_mean", "action_std"):
             self.register_buffer(name, torch.as_tensor(stats[name], dtype=torch.float32))
 
@@ -46,6 +70,8 @@ class ACTPolicy(nn.Module):
     def forward(self, batch: dict) -> dict:
         """Training loss of a raw batch from datasets.ChunkDataset (z from the style encoder's posterior)."""
         state, images, target = self._model_inputs(batch)
+        if self.training and self.random_shift and images is not None:
+            images = random_shift(images, self.random_shift)
         pred, (mu, logvar) = self.model(state, images, target, batch["is_pad"])
         return act_loss(pred, target, batch["is_pad"], mu, logvar, self.kl_weight)
 

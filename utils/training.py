@@ -153,7 +153,7 @@ def build_policy(cfg: Config, shape_meta: dict, stats: dict, checkpoint: dict | 
         use_cvae=m.use_cvae, pretrained_backbone=m.pretrained_backbone and checkpoint is None,
         pretrained_weights_path=m.pretrained_weights_path, frozen_batchnorm=frozen_batchnorm,
     )
-    policy = ACTPolicy(model, stats, m.kl_weight, cpu_fast_paths=m.cpu_fast_paths)
+    policy = ACTPolicy(model, stats, m.kl_weight, cpu_fast_paths=m.cpu_fast_paths, random_shift=m.random_shift)
     print(f"[model] ACT with {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M parameters")
     return policy
 

@@ -1,0 +1,62 @@
+"""What a camera policy sees: resized images, the camera-mode state vector, and the random-shift augmentation."""
+
+import json
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datasets.maniskill_demos import load_maniskill_demos
+from env.maniskill_env import ManiSkillEnv, resize_images
+from models.policy import random_shift
+
+
+def test_resize_by_two_is_the_mean_of_each_2x2_block():
+    images = np.random.default_rng(0).integers(0, 256, (3, 2, 3, 8, 8), dtype=np.uint8)
+    blocks = images.reshape(3, 2, 3, 4, 2, 4, 2).astype(np.float64).mean(axis=(4, 6))
+    resized = resize_images(images, 4)
+    assert resized.dtype == np.uint8 and resized.shape == (3, 2, 3, 4, 4)
+    assert np.abs(resized.astype(np.float64) - blocks).max() <= 0.5  # rounded to the nearest integer
+    assert resize_images(images, 8) is images  # already the size: untouched
+
+
+def test_random_shift_is_a_crop_of_the_edge_padded_image_with_its_own_offset_per_image():
+    torch.manual_seed(0)
+    images = torch.rand(6, 2, 3, 10, 12)
+    pad = 3
+    shifted = random_shift(images, pad)
+    assert shifted.shape == images.shape
+    offsets = set()
+    for b in range(6):
+        for n in range(2):
+            padded = F.pad(images[b, n][None], (pad,) * 4, mode="replicate")[0]
+            matches = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                       if torch.equal(padded[:, dy:dy + 10, dx:dx + 12], shifted[b, n])]
+            assert matches, f"image ({b}, {n}) is not a crop of its padded original"
+            offsets.add(matches[0])
+    assert len(offsets) > 3  # 12 independent draws out of 49 offsets: not one shift for the whole batch
+
+
+def test_camera_state_is_proprioception_and_goal_only_in_demos_and_rollouts(pickcube_rgb_demos):
+    """The demo loader and the environment adapter build the same 28-d state (qpos 9, qvel 9, goal_pos 3,
+    tcp_pose 7; no is_grasped, no object pose) and the same 64x64 images for the same start."""
+    episode = load_maniskill_demos(pickcube_rgb_demos, 1, "rgb", "pd_ee_delta_pos", ["base_camera"], image_size=64)[0]
+    with h5py.File(pickcube_rgb_demos, "r") as h5:
+        obs = h5["traj_0"]["obs"]
+        expected = np.concatenate([obs["agent"]["qpos"][0], obs["agent"]["qvel"][0], obs["extra"]["goal_pos"][0],
+                                   obs["extra"]["tcp_pose"][0]])
+        assert "is_grasped" in obs["extra"]  # recorded by ManiSkill, left out on purpose
+    assert episode["state"].shape[1] == 28
+    np.testing.assert_allclose(episode["state"][0], expected, rtol=1e-6)
+    assert episode["images"].shape[1:] == (1, 3, 64, 64)
+
+    seed = json.loads(pickcube_rgb_demos.with_suffix(".json").read_text())["episodes"][0]["episode_seed"]
+    env = ManiSkillEnv("PickCube-v1", 1, "rgb", "pd_ee_delta_pos", ["base_camera"], max_episode_steps=5,
+                       image_size=64)
+    first = env.reset(seed=seed)
+    env.close()
+    np.testing.assert_allclose(first["state"][0], episode["state"][0], atol=1e-5)
+    assert first["images"].shape == (1, 1, 3, 64, 64)
+    # The same scene rendered again: the images agree up to renderer noise.
+    assert np.abs(first["images"][0].astype(int) - episode["images"][0].astype(int)).mean() < 2.0

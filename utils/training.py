@@ -414,17 +414,17 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
             if best["metric"] == "val/l1":
                 save_if_best(step, -metrics["val/l1"])
 
-        # 5. Evaluate in the simulator.
-        if cfg.num_eval_episodes > 0 and due(step, cfg.eval_frequency):
-            env = env or make_env(cfg.num_eval_envs)
-            metrics.update(run_simulator_eval(cfg, run, eval_policy, env, step, prefix=f"iter{step:07d}_"))
-            save_if_best(step, metrics["eval/success_once"])
-
-        # 6. Save checkpoints.
+        # 5. Save checkpoints, before the evaluation: a run killed while it evaluates loses no training.
         if due(step, cfg.save_frequency):
             save(f"iter_{step:07d}.pt", step)
             save("last.pt", step)
             run.logger.plot_curves()
+
+        # 6. Evaluate in the simulator.
+        if cfg.num_eval_episodes > 0 and due(step, cfg.eval_frequency):
+            env = env or make_env(cfg.num_eval_envs)
+            metrics.update(run_simulator_eval(cfg, run, eval_policy, env, step, prefix=f"iter{step:07d}_"))
+            save_if_best(step, metrics["eval/success_once"])
     bar.close()
     if env is not None:
         env.close()

@@ -78,6 +78,23 @@ def check_env_id(env_id: str):
 SIMULATOR_ONLY_KEYS = ("is_grasped",)
 
 
+def check_cameras(env_id: str, obs_mode: str, cameras: list[str]):
+    """In camera modes (rgb, rgbd) every configured camera must be one of the task's sensors. Checked before any
+    demo is made: a wrong name would otherwise surface as an HDF5 error once the demos exist."""
+    if obs_mode == "state":
+        return
+    import mani_skill.envs  # noqa: F401  (registers the environments)
+
+    env = gym.make(env_id, obs_mode="none", sim_backend="physx_cpu", render_backend="cpu")  # ~1 s, no rendering
+    available = list(env.unwrapped._sensors)
+    env.close()
+    unknown = [name for name in cameras if name not in available]
+    if unknown or not cameras:
+        problem = f"unknown camera(s) {', '.join(unknown)}" if unknown else "no camera given"
+        raise UserInputError(f"cameras={list(cameras)}: {problem} for {env_id} with obs_mode={obs_mode}; its cameras "
+                             f"are: {', '.join(available)} (e.g. cameras=[{available[0]}])")
+
+
 def maniskill_state_vector(obs: dict) -> np.ndarray:
     """(B, S) proprioception + task goal from a camera-mode ManiSkill observation dict (leading batch or time
     axis B), in a fixed (sorted-key) order.

@@ -57,16 +57,16 @@ def test_torchrun_training_writes_one_run_folder_from_rank_0(ddp_run):
     assert ddp_run["log"].count("[run] ") == 1 and "x 2 processes (torchrun)" in ddp_run["log"]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows if "train/l1" in row] == [10, 20, 30, 40]  # once, not once per rank
-    checkpoint = torch.load(run_dir / "last.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
     assert checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
 
 
 def test_torchrun_resume_with_the_same_world_size_continues_exactly(ddp_run):
     (run_dir,) = (ddp_run["out"] / "ckpts").iterdir()
-    uninterrupted = torch.load(run_dir / "last.pt", weights_only=False)
+    uninterrupted = torch.load(run_dir / "last.pt", weights_only=True)
     log = run(entry(*ddp_run["common"], f"resume={run_dir / 'iter_0000020.pt'}", "num_eval_episodes=0"))
     assert "at iteration 20" in log and "random draws" not in log
-    resumed = torch.load(run_dir / "last.pt", weights_only=False)
+    resumed = torch.load(run_dir / "last.pt", weights_only=True)
     assert resumed["iteration"] == 40
     for name, tensor in uninterrupted["policy"].items():
         assert torch.equal(tensor, resumed["policy"][name]), name

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from utils.checkpoint import load_checkpoint, load_exported_policy
 from utils.config import REPO_ROOT
 
 
@@ -47,7 +48,7 @@ def test_run_writes_checkpoints_metrics_curves_and_video(tiny_run):
 
 
 def test_train_and_validation_episodes_do_not_overlap(tiny_run):
-    checkpoint = torch.load(tiny_run["run_dir"] / "last.pt", weights_only=False)
+    checkpoint = torch.load(tiny_run["run_dir"] / "last.pt", weights_only=True)
     split = checkpoint["split"]
     assert len(split["val"]) == 1 and len(split["train"]) == 3 and not set(split["train"]) & set(split["val"])
     assert checkpoint["iteration"] == 30 and "state_mean" in str(checkpoint["policy"].keys())
@@ -58,7 +59,7 @@ def test_resume_continues_at_the_saved_iteration(tiny_run):
     log = run_script(*tiny_run["common"], f"resume={run_dir / 'iter_0000020.pt'}", "total_iters=40",
                      "num_eval_episodes=0")
     assert "[resume]" in log and "at iteration 20" in log
-    checkpoint = torch.load(run_dir / "last.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
     assert checkpoint["iteration"] == 40
     iterations = [json.loads(line)["iteration"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert iterations == sorted(iterations) and iterations[-1] == 40  # history rewritten from iteration 20 on
@@ -67,8 +68,32 @@ def test_resume_continues_at_the_saved_iteration(tiny_run):
 def test_eval_only_mode_reports_a_success_rate(tiny_run):
     best = tiny_run["run_dir"] / "best.pt"
     log = run_script(*tiny_run["common"], "mode=eval", f"checkpoint={best}", "capture_video=false")
-    iteration = torch.load(best, weights_only=False)["iteration"]
+    iteration = torch.load(best, weights_only=True)["iteration"]
     assert f"[eval @ {iteration}] success_once" in log and "over 2 episodes" in log
+
+
+def test_an_exported_policy_evaluates_exactly_like_its_checkpoint(tiny_run, tmp_path):
+    """scripts/export_policy.py writes safetensors + JSON (no pickle); mode=eval on the export gives the same
+    rollouts as on the checkpoint, and the export cannot be resumed (it has no training state)."""
+    best = tiny_run["run_dir"] / "best.pt"
+    export = subprocess.run([sys.executable, "scripts/export_policy.py", str(best), str(tmp_path / "shared")],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["policy.json", "policy.safetensors"]
+    exported, saved = load_exported_policy(tmp_path / "shared"), load_checkpoint(best)
+    assert exported["policy"].keys() == saved["policy"].keys() and "action_std" in exported["policy"]
+    assert all(torch.equal(exported["policy"][k], saved["policy"][k]) for k in saved["policy"])
+    assert exported["config"] == saved["config"] and exported["iteration"] == saved["iteration"]
+
+    eval_lines = [next(line for line in run_script(*tiny_run["common"], "mode=eval", f"checkpoint={source}",
+                                                   "capture_video=false").splitlines() if line.startswith("[eval @"))
+                  for source in (best, tmp_path / "shared")]
+    strip_seconds = lambda line: line.rsplit("(", 1)[0]  # noqa: E731
+    assert strip_seconds(eval_lines[0]) == strip_seconds(eval_lines[1])
+    resumed = subprocess.run([sys.executable, "ACT_for_Maniskill.py", *tiny_run["common"],
+                              f"resume={tmp_path / 'shared'}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 2 and "is an exported policy" in resumed.stderr.strip().splitlines()[-1]
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_run, tmp_path):
@@ -103,13 +128,13 @@ def test_killed_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(pickc
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     (killed_dir,) = (tmp_path / "killed").iterdir()
-    resumed_from = torch.load(killed_dir / "last.pt", weights_only=False)["iteration"]
+    resumed_from = torch.load(killed_dir / "last.pt", weights_only=True)["iteration"]
     assert resumed_from in (20, 40)  # killed after the first checkpoint, before the end
     log = run_script(*common, f"ckpt_dir={tmp_path / 'killed'}", f"resume={killed_dir / 'last.pt'}")
     assert f"at iteration {resumed_from}" in log
 
     (alone_dir,) = (tmp_path / "alone").iterdir()
-    alone, resumed = (torch.load(d / "last.pt", weights_only=False) for d in (alone_dir, killed_dir))
+    alone, resumed = (torch.load(d / "last.pt", weights_only=True) for d in (alone_dir, killed_dir))
     assert alone["iteration"] == resumed["iteration"] == 60
     for name, tensor in alone["policy"].items():
         assert torch.equal(tensor, resumed["policy"][name]), name

@@ -7,6 +7,7 @@ and what was expected; misspelled keys get the closest valid names suggested.
 """
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -135,7 +136,8 @@ VALUE_RULES = [
         "model.d_model", "model.nhead", "model.dim_feedforward", "model.num_encoder_layers",
         "model.num_decoder_layers", "model.latent_dim")],
     *[(key, lambda v: v >= 0, "an integer >= 0") for key in (
-        "warmup_iters", "num_workers", "num_eval_episodes", "num_video_episodes", "model.num_style_encoder_layers")],
+        "warmup_iters", "num_workers", "num_eval_episodes", "num_video_episodes", "keep_checkpoints",
+        "model.num_style_encoder_layers")],
     *[(key, lambda v: v > 0, "a number > 0") for key in ("lr", "grad_clip")],
     *[(key, lambda v: v >= 0, "a number >= 0") for key in ("lr_backbone", "weight_decay", "model.kl_weight")],
     *[(key, lambda v: 0 <= v < 1, "a fraction in [0, 1)") for key in ("val_fraction", "ema_decay", "model.dropout")],
@@ -159,7 +161,7 @@ def check_values(cfg: "Config", source: str = "config"):
         raise ConfigError(f"{source}: model.d_model ({cfg.model.d_model}) must be divisible by model.nhead "
                           f"({cfg.model.nhead})")
     if cfg.mode == "eval" and not cfg.checkpoint:
-        raise ConfigError(f"{source}: mode=eval needs checkpoint=<path to a .pt file>")
+        raise ConfigError(f"{source}: mode=eval needs checkpoint=<a .pt file or an exported policy folder>")
 
 
 def load_config(default_path, config_path=None, overrides=(), task_defaults=None) -> Config:
@@ -216,7 +218,7 @@ def parse_args(default_config: str, description: str, task_defaults=None) -> tup
         return (load_config(default_config, args.config, args.overrides, task_defaults) if task_defaults else cfg), None
     from utils.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(repo_path(source))
+    checkpoint = load_checkpoint(repo_path(source), for_resume=bool(cfg.resume))
     schema = read_yaml(_find(default_config))
     saved = _with_new_keys(schema, checkpoint["config"], source)
     cfg = to_config(_apply_overrides(schema, saved, args.overrides))
@@ -237,10 +239,16 @@ def _with_new_keys(schema: dict, saved: dict, source, prefix: str = "") -> dict:
 
 
 def run_main(main):
-    """Run an entry script's main(): a user mistake (UserInputError, e.g. a bad key, value or file) ends with
-    its one-line message and exit status 2; anything else is a bug and keeps its traceback."""
+    """Run an entry script's main(): a user mistake (UserInputError, e.g. a bad key, value or file) or a full or
+    read-only disk ends with one line and exit status 2; anything else is a bug and keeps its traceback."""
     try:
         main()
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        print(f"error: {exc.strerror}" + (f": {exc.filename}" if exc.filename else "") + " (checkpoints are written "
+              f"atomically: the last good one is intact)", file=sys.stderr)
         sys.exit(2)

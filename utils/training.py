@@ -23,7 +23,8 @@ from datasets.replay_buffer import ChunkDataset, compute_stats, iterate_in_order
 from env.errors import UserInputError
 from models.act import ACT
 from models.policy import ACTPolicy
-from utils.checkpoint import restore_rng_state, rng_state, save_checkpoint
+from utils.checkpoint import (check_room_for_checkpoints, check_writable, claim_run_folder, prune_checkpoints,
+                              restore_rng_state, rng_state, save_checkpoint)
 from utils.config import Config, repo_path
 from utils.distributed import Distributed, all_gather, all_sum, broadcast, shutdown_distributed
 from utils.evaluation import evaluate_policy, summarize
@@ -68,7 +69,9 @@ def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = D
     """Seed, pick the device, name the run and open its folders and logger.
 
     `checkpoint` (from parse_args) is the one being resumed or evaluated. Resuming continues its run (same
-    name and folders, same W&B run); evaluation-only gets a fresh run named after the evaluated one.
+    name and folders, same W&B run); evaluation-only gets a fresh run named after the evaluated one. A new
+    run's folder is created exclusively (claim_run_folder): runs started in the same second never share one.
+    ckpt_dir (and video_dir, when videos will be written) must be writable before any work starts.
     Under torchrun (`distributed` from utils.distributed.init_distributed) only rank 0 writes.
     """
     started = time.time()
@@ -78,14 +81,21 @@ def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = D
                              f"{cfg.batch_size // distributed.world_size * distributed.world_size}")
     seed_everything(cfg.seed + distributed.rank)  # different dropout draws per rank; DDP syncs the weights
     device = select_device(cfg.device, distributed)
-    if cfg.mode == "eval":
-        name = f"{checkpoint['run_name']}-eval-{time.strftime('%Y%m%d-%H%M%S')}"
-    elif checkpoint is not None:
-        name = checkpoint["run_name"]
-    else:
-        name = f"{cfg.exp_name}-{cfg.env_id}-{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    name = broadcast(name)  # rank 0's clock names the run
-    ckpt_dir, video_dir = repo_path(cfg.ckpt_dir) / name, repo_path(cfg.video_dir) / name
+    ckpt_root, video_root = repo_path(cfg.ckpt_dir), repo_path(cfg.video_dir)
+    name = None
+    if distributed.is_main:
+        check_writable(ckpt_root, "ckpt_dir")
+        if cfg.capture_video and cfg.num_eval_episodes > 0 and cfg.num_video_episodes > 0:
+            check_writable(video_root, "video_dir")
+        if cfg.mode == "train" and checkpoint is not None:
+            name = checkpoint["run_name"]
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            base = (f"{checkpoint['run_name']}-eval-{stamp}" if cfg.mode == "eval"
+                    else f"{cfg.exp_name}-{cfg.env_id}-{cfg.seed}-{stamp}")
+            name = claim_run_folder(ckpt_root, video_root, base)
+    name = broadcast(name)  # rank 0 names the run
+    ckpt_dir, video_dir = ckpt_root / name, video_root / name
     if not distributed.is_main:
         return Run(name, ckpt_dir, video_dir, device, NullLogger(), checkpoint, started, distributed)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +153,7 @@ def build_policy(cfg: Config, shape_meta: dict, stats: dict, checkpoint: dict | 
     replace the initial ones anyway, and a different layer type would not load.
     """
     m, frames = cfg.model, cfg.frame_stack
-    frozen_batchnorm = checkpoint["shape_meta"]["frozen_batchnorm"] if checkpoint else None
+    frozen_batchnorm = checkpoint["shape_meta"].get("frozen_batchnorm") if checkpoint else None
     model = ACT(
         state_dim=shape_meta["state_dim"] * frames, action_dim=shape_meta["action_dim"],
         num_cameras=shape_meta["num_cameras"] * frames, image_channels=shape_meta["image_channels"],
@@ -321,7 +331,8 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
     Every log_frequency iterations: losses, lr, it/s (the only host syncs of the hot loop).
     Every val_frequency: validation loss on held-out episodes.
     Every eval_frequency and at the end: success rate in the simulator.
-    Every save_frequency and at the end: iter_<n>.pt and last.pt (atomic writes).
+    Every save_frequency and at the end: iter_<n>.pt and last.pt (atomic writes; only the newest
+    keep_checkpoints iter_<n>.pt stay).
     best.pt: the best simulator success so far, or the lowest validation L1 when there is no simulator eval.
     Under torchrun (utils/distributed.py) every rank runs this same loop on its share of each batch.
     """
@@ -335,6 +346,9 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
     # 1. Resume: weights, optimizer moments, random state and position in the data stream, bit for bit.
     if run.checkpoint is not None:
         start_iter = restore_training_state(cfg, run, policy, ema, optimizer, best)
+    if distributed.is_main:  # a disk too small for one save stops the run now, not at its first save
+        check_room_for_checkpoints(run.ckpt_dir, policy, ema is not None, cfg.keep_checkpoints,
+                                   planned_saves=-(-(cfg.total_iters - start_iter) // cfg.save_frequency))
     scheduler = build_scheduler(cfg, optimizer, start_iter)
     # Batch i depends only on (seed, i), and the loader draws nothing from the random state restored above.
     loader = make_train_loader(data.train_set, cfg.batch_size, cfg.seed, cfg.num_workers, start_iter,
@@ -418,6 +432,8 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
         if due(step, cfg.save_frequency):
             save(f"iter_{step:07d}.pt", step)
             save("last.pt", step)
+            if distributed.is_main:
+                prune_checkpoints(run.ckpt_dir, cfg.keep_checkpoints, step)
             run.logger.plot_curves()
 
         # 6. Evaluate in the simulator.

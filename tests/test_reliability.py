@@ -1,0 +1,187 @@
+"""What the README's "Reliability" section promises, each on real files, real processes and real disks:
+checkpoints never run code, bad checkpoints / cameras / folders are one line before any work, a full disk loses
+nothing, old checkpoints are pruned, and runs never share a folder."""
+
+import contextlib
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from utils.checkpoint import load_checkpoint, prune_checkpoints, restore_rng_state, rng_state, save_checkpoint
+from utils.config import REPO_ROOT, load_config
+from utils.training import start_run
+
+
+def run_script(*overrides):
+    return subprocess.run([sys.executable, "ACT_for_Maniskill.py", "--config", "configs/ACT_maniskill_state_config.yaml",
+                           "wandb.mode=disabled", *overrides], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def assert_one_line_error(result, *expected):
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(text in last for text in expected), last
+
+
+def tiny_training(demos, out, *overrides):
+    """A real training run of a 70k-parameter ACT on 4 demos (about 1 MB per checkpoint), no simulator."""
+    return run_script(f"demo_path={demos}", "num_demos=4", "val_fraction=0.25", f"ckpt_dir={out / 'ckpts'}",
+                      f"video_dir={out / 'videos'}", "batch_size=16", "warmup_iters=2", "model.d_model=32",
+                      "model.dim_feedforward=64", "model.chunk_size=8", "log_frequency=10", "val_frequency=10",
+                      "num_eval_episodes=0", *overrides)
+
+
+class CreatesAFile:
+    """Unpickling this calls open(path, "w"): the file appears iff the loader ran code from the checkpoint."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading checkpoints
+# --------------------------------------------------------------------------------------------------
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "created_by_the_checkpoint"
+    crafted = tmp_path / "shared.pt"
+    torch.save({"policy": CreatesAFile(marker), "config": {}, "shape_meta": {}, "iteration": 0, "run_name": "x"},
+               crafted)
+    result = run_script("mode=eval", f"checkpoint={crafted}")
+    assert_one_line_error(result, str(crafted), "refused", "io.open")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("mode, missing", [("mode=eval", "run_name"), ("resume", "optimizer, rng")])
+def test_a_malformed_checkpoint_names_what_it_has_before_any_demo_is_made(tmp_path, mode, missing):
+    """A checkpoint without run_name (or, to resume, without its training state) is one line naming the keys
+    it does have; no demos are generated first."""
+    config = load_config("configs/ACT_maniskill_config.yaml", "configs/ACT_maniskill_state_config.yaml").to_dict()
+    incomplete = {"policy": {}, "ema": None, "config": config, "iteration": 5,
+                  "shape_meta": {"state_dim": 42, "action_dim": 4, "num_cameras": 0, "image_channels": 3}}
+    if mode == "resume":
+        incomplete["run_name"] = "old-run"
+    path = tmp_path / "incomplete.pt"
+    torch.save(incomplete, path)
+    source = f"checkpoint={path}" if mode == "mode=eval" else f"resume={path}"
+    extra = ["mode=eval"] if mode == "mode=eval" else []
+    result = run_script(*extra, source, f"demo_dir={tmp_path / 'demos'}", f"ckpt_dir={tmp_path / 'ckpts'}")
+    assert_one_line_error(result, str(path), f"missing {missing}", "it has config, ema, iteration")
+    assert not (tmp_path / "demos").exists() and not (tmp_path / "ckpts").exists()
+
+
+def test_random_states_survive_a_weights_only_file_exactly(tmp_path):
+    """The stored random states are tensors and plain values, and restoring them gives the same draws."""
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    np.random.standard_normal()  # numpy now holds a cached Gaussian, part of its state
+    save_checkpoint(tmp_path / "rng.pt", {"rng": [rng_state()]})
+    expected = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
+    state = torch.load(tmp_path / "rng.pt", weights_only=True)["rng"][0]  # no allowlist: plain values only
+    restore_rng_state(state)
+    assert (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()) == expected
+
+
+def test_checkpoints_saved_before_this_format_still_load_without_running_code(tmp_path):
+    """Older checkpoints hold numpy's random state (a numpy array); numpy arrays, and nothing more, are let in."""
+    random.seed(1), np.random.seed(2)
+    legacy_rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                  "cuda": None}
+    expected = (random.random(), np.random.rand())
+    meta = {"state_dim": 3, "action_dim": 2, "num_cameras": 0, "image_channels": 3}
+    torch.save({"policy": {}, "config": {}, "shape_meta": meta, "iteration": 7, "run_name": "old", "optimizer": {},
+                "rng": legacy_rng}, tmp_path / "old.pt")
+    checkpoint = load_checkpoint(tmp_path / "old.pt", for_resume=True)
+    restore_rng_state(checkpoint["rng"])
+    assert (random.random(), np.random.rand()) == expected and checkpoint["ema"] is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks before work starts
+# --------------------------------------------------------------------------------------------------
+def test_an_unknown_camera_names_the_tasks_cameras_before_any_demo_is_made(tmp_path):
+    result = run_script("obs_mode=rgb", "cameras=[wrist_cam]", "num_demos=1", f"demo_dir={tmp_path / 'demos'}",
+                        f"ckpt_dir={tmp_path / 'ckpts'}")
+    assert_one_line_error(result, "wrist_cam", "PickCube-v1", "its cameras are: base_camera")
+    assert not (tmp_path / "demos").exists() and not (tmp_path / "ckpts").exists()
+
+
+@pytest.mark.parametrize("key", ["ckpt_dir", "video_dir"])
+def test_an_unwritable_folder_stops_the_run_before_any_work(pickcube_state_demos, tmp_path, key):
+    """A folder below a regular file cannot be made, even by root (who ignores permission bits)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    folders = {"ckpt_dir": tmp_path / "ckpts", "video_dir": tmp_path / "videos", key: blocker / "sub"}
+    result = run_script(f"demo_path={pickcube_state_demos}", "num_demos=4", "total_iters=10", "save_frequency=10",
+                        "model.d_model=32", "model.dim_feedforward=64", "max_episode_steps=5", "num_eval_envs=1",
+                        "num_eval_episodes=1", *(f"{k}={v}" for k, v in folders.items()))
+    assert_one_line_error(result, f"{key}={blocker / 'sub'} is not writable")
+    assert "[data]" not in result.stdout  # stopped before loading demos
+
+
+def test_runs_started_in_the_same_second_never_share_a_folder(tmp_path, monkeypatch):
+    cfg = load_config("configs/ACT_maniskill_config.yaml", "configs/ACT_maniskill_state_config.yaml",
+                      [f"ckpt_dir={tmp_path / 'ckpts'}", f"video_dir={tmp_path / 'videos'}", "wandb.mode=disabled"])
+    monkeypatch.setattr(time, "strftime", lambda *args: "20260101-120000")  # both start in this second
+    first, second = start_run(cfg, None), start_run(cfg, None)
+    assert first.ckpt_dir != second.ckpt_dir and first.video_dir != second.video_dir
+    assert second.name == first.name + "-2"
+    assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == sorted([first.name, second.name])
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving: pruning, full disks
+# --------------------------------------------------------------------------------------------------
+def test_keep_checkpoints_removes_older_iterations_but_never_best_or_last(pickcube_state_demos, tmp_path):
+    result = tiny_training(pickcube_state_demos, tmp_path, "total_iters=40", "save_frequency=10", "keep_checkpoints=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "ckpts").iterdir()
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["best.pt", "iter_0000030.pt", "iter_0000040.pt", "last.pt"]
+    assert load_checkpoint(run_dir / "best.pt")["iteration"] in (10, 20, 30, 40)
+
+
+def test_pruning_after_a_resume_from_an_earlier_iteration_keeps_the_new_files(tmp_path):
+    """Resumed from iter 20 of a run that had reached 50: the files this run writes are the ones kept."""
+    for iteration in (10, 20, 40, 50):
+        (tmp_path / f"iter_{iteration:07d}.pt").write_bytes(b"old")
+    (tmp_path / "iter_0000030.pt").write_bytes(b"new")
+    prune_checkpoints(tmp_path, keep=2, iteration=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"iter_{i:07d}.pt" for i in (20, 30, 40, 50)]
+
+
+@contextlib.contextmanager
+def small_disk(path, size: str):
+    """A real filesystem of `size` (tmpfs); skips where mounting is not allowed."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint(pickcube_state_demos, tmp_path):
+    """About 2.6 checkpoints fit: the first save (iter_10 + last) succeeds, iter_20 runs out of space."""
+    with small_disk(tmp_path / "disk", "2400k") as disk:
+        result = tiny_training(pickcube_state_demos, disk, "total_iters=40", "save_frequency=10", "keep_checkpoints=0")
+        (run_dir,) = (disk / "ckpts").iterdir()
+        assert_one_line_error(result, f"could not write {run_dir / 'iter_0000020.pt'}", "No space left on device",
+                              "MiB free", "last good checkpoint is kept")
+        assert sorted(p.name for p in run_dir.iterdir() if p.suffix in (".pt", ".tmp")) == ["iter_0000010.pt", "last.pt"]
+        assert load_checkpoint(run_dir / "last.pt", for_resume=True)["iteration"] == 10
+
+
+def test_a_disk_too_small_for_one_save_stops_before_training(pickcube_state_demos, tmp_path):
+    with small_disk(tmp_path / "disk", "1200k") as disk:
+        result = tiny_training(pickcube_state_demos, disk, "total_iters=40", "save_frequency=10")
+        assert_one_line_error(result, "MiB free; one save writes two checkpoints of about 0.9 MiB")
+        assert "train:" not in result.stderr  # no training step was taken

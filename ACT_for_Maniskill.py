@@ -12,9 +12,9 @@ The story: config -> demonstrations -> replay buffer -> ACT policy -> training l
 held-out demos, success rate in the simulator, checkpoints, videos) -> final evaluation.
 """
 
-from datasets.maniskill_demos import default_demo_path, generate_demos, load_maniskill_demos
+from datasets.maniskill_demos import default_demo_path, generate_demos, load_maniskill_demos, task_recipe
 from datasets.replay_buffer import infer_action_type
-from env.maniskill_env import ManiSkillEnv, check_cameras, check_env_id, task_recipe
+from env.maniskill_env import ManiSkillEnv, check_cameras, check_env_id
 from utils.allocator import reuse_freed_memory
 from utils.config import parse_args, repo_path, run_main
 from utils.distributed import init_distributed, main_process_first

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from datasets.bigym_solvers import SOLVERS, ScriptedMotion
+from datasets.bigym_solvers import SCRIPTED_TASKS, ScriptedMotion
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, absolute_base_action, apply_start, bigym_camera_images,
                            bigym_state_vector, check_base_action, make_bigym_env, read_observation, reset_perturbed,
                            resolve_task, solved)
@@ -165,8 +165,8 @@ def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int =
 
     task_cls = resolve_task(task)
     task = task_cls.__name__
-    if task not in SOLVERS:
-        raise UserInputError(f"no scripted solver for BiGym task '{task}'; solvers exist for {sorted(SOLVERS)}")
+    if task not in SCRIPTED_TASKS:
+        raise UserInputError(f"no scripted solver for BiGym task '{task}'; solvers exist for {sorted(SCRIPTED_TASKS)}")
     store = DemoStore(Path(cache_root))
     done = _recorded_seeds(store, task_cls, floating_dofs)
     seed = max(done, default=first_seed - 1) + 1
@@ -180,7 +180,7 @@ def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int =
     started = time.time()
     bar = tqdm(total=num_demos, initial=len(done), desc=f"scripted {task} demos", dynamic_ncols=True)
     while summary["total"] < num_demos and summary["attempted"] < max_attempts:
-        demo = record_scripted_demo(env, SOLVERS[task], seed, recorder)
+        demo = record_scripted_demo(env, SCRIPTED_TASKS[task].solve, seed, recorder)
         summary["attempted"] += 1
         seed += 1
         if demo is not None:

@@ -12,7 +12,7 @@ are recorded in: A = 15 = [pelvis dx, dy, dyaw (per physics step), 5 left arm jo
 left gripper, right gripper] (arm joints: shoulder pitch, roll, yaw, elbow, wrist; gripper 0 open, 1 closed);
 A = 16 with the pelvis height dz after dy (floating_dofs with pelvis_z, which DishwasherClose needs).
 
-Solvers (SOLVERS at the end): ReachTarget, DishwasherClose, DrawerTopOpen.
+Solvers (SCRIPTED_TASKS at the end, with each task's config recipe): ReachTarget, DishwasherClose, DrawerTopOpen.
 
 A solver only plans; whether the task was solved is decided by BiGym's own success check (see
 datasets/bigym_demos.py, which records the motion and keeps only solved demos). Solvers take a
@@ -20,6 +20,7 @@ numpy Generator for timing and waypoint jitter, so the same start and seed give 
 """
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -408,31 +409,40 @@ def solve_drawer_top_open(env, motion: ScriptedMotion, rng: np.random.Generator)
     motion.hold(0.3)
 
 
-SOLVERS = {  # BiGym task class name -> solver
-    "ReachTarget": solve_reach_target,
-    "DishwasherClose": solve_dishwasher_close,
-    "DrawerTopOpen": solve_drawer_top_open,
-}
+@dataclass(frozen=True)
+class ScriptedTask:
+    """A task we can make scripted demos for: its solver, and what training on those demos needs from the config:
+    the base joints the solver moves, the control rate its demos still solve the task at when re-simulated, and
+    an episode with room beyond the longest demo."""
 
-# What training on each task's scripted demos needs from the config: the base joints its solver moves, the control
-# rate its demos still solve the task at when re-simulated, and an episode with room beyond the longest demo.
-SCRIPTED_RECIPES = {
+    solve: Callable  # (env, ScriptedMotion, numpy Generator) -> None: plans one episode's motion
+    floating_dofs: list[str]
+    control_frequency: int
+    max_episode_steps: int
+
+    def config_defaults(self) -> dict:
+        return {"floating_dofs": self.floating_dofs, "control_frequency": self.control_frequency,
+                "max_episode_steps": self.max_episode_steps}
+
+
+SCRIPTED_TASKS = {  # BiGym task class name -> ScriptedTask
     # Demos about 2.5 s; 3 s episodes.
-    "ReachTarget": {"floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_rz"], "control_frequency": 25,
-                    "max_episode_steps": 75},
+    "ReachTarget": ScriptedTask(solve_reach_target, ["pelvis_x", "pelvis_y", "pelvis_rz"], control_frequency=25,
+                                max_episode_steps=75),
     # Demos 5-7 s; 8 s episodes.
-    "DrawerTopOpen": {"floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_rz"], "control_frequency": 25,
-                      "max_episode_steps": 200},
+    "DrawerTopOpen": ScriptedTask(solve_drawer_top_open, ["pelvis_x", "pelvis_y", "pelvis_rz"], control_frequency=25,
+                                  max_episode_steps=200),
     # Crouches (pelvis_z). Decimated to 25 Hz, 62 of 100 demos no longer close everything; at 50 Hz all do.
     # Demos about 9 s; 10 s episodes.
-    "DishwasherClose": {"floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_z", "pelvis_rz"], "control_frequency": 50,
-                        "max_episode_steps": 500},
+    "DishwasherClose": ScriptedTask(solve_dishwasher_close, ["pelvis_x", "pelvis_y", "pelvis_z", "pelvis_rz"],
+                                    control_frequency=50, max_episode_steps=500),
 }
 
 
 def scripted_recipe(cfg) -> tuple[str, dict]:
     """utils.config's task_defaults hook: with demo_source=scripted, the recipe of cfg.env_id's solver."""
     task = resolve_task(cfg.env_id).__name__  # also accepts snake_case names
-    if cfg.demo_source != "scripted" or task not in SCRIPTED_RECIPES:
+    if cfg.demo_source != "scripted" or task not in SCRIPTED_TASKS:
         return "", {}
-    return f"{task} scripted-demo recipe (SCRIPTED_RECIPES in datasets/bigym_solvers.py)", SCRIPTED_RECIPES[task]
+    return (f"{task} scripted-demo recipe (SCRIPTED_TASKS in datasets/bigym_solvers.py)",
+            SCRIPTED_TASKS[task].config_defaults())

@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -20,27 +21,59 @@ import numpy as np
 from tqdm import tqdm
 
 from env.errors import UserInputError
-from env.maniskill_env import TASK_RECIPES, maniskill_camera_images, maniskill_state_vector
+from env.maniskill_env import check_env_id, maniskill_camera_images, maniskill_state_vector
 
 SUPPORTED_OBS_MODES = ("state", "rgb", "rgbd")
 
 
-def motion_planning_solutions() -> dict:
-    from mani_skill.examples.motionplanning.panda import solutions
+@dataclass(frozen=True)
+class TaskRecipe:
+    solution: str  # ManiSkill's motion-planning solution (mani_skill.examples.motionplanning.panda.solutions),
+    #                which plans the demos in pd_joint_pos; by name, so that only making demos imports the planner
+    control_mode: str  # the controller the planned demos are replayed into, and the policy trains and acts in
+    max_episode_steps: int
 
-    return {
-        "PickCube-v1": solutions.solvePickCube,
-        "PushCube-v1": solutions.solvePushCube,
-        "StackCube-v1": solutions.solveStackCube,
-        "PegInsertionSide-v1": solutions.solvePegInsertionSide,
-        "PullCube-v1": solutions.solvePullCube,
-        "LiftPegUpright-v1": solutions.solveLiftPegUpright,
-        "PlugCharger-v1": solutions.solvePlugCharger,
-        "PlaceSphere-v1": solutions.solvePlaceSphere,
-    }
+    def config_defaults(self) -> dict:
+        return {"control_mode": self.control_mode, "max_episode_steps": self.max_episode_steps}
+
+
+# Every task we can make demos for, with the config defaults that training on them needs, applied when the user
+# names only env_id; a key set in a config file or on the command line wins. The demos are planned in joint space
+# and replayed into control_mode, which must be able to follow the planner's motion: pd_ee_delta_pos holds the
+# gripper's orientation, which only the cube tasks tolerate (0-40% of the other tasks' demos survive it), so the
+# others turn the gripper with pd_ee_delta_pose, or, for PlugCharger, move the joints (pd_ee_delta_pose loses a
+# quarter of its demos and stretches some to 3x their length). max_episode_steps leaves room beyond the longest
+# demo (ManiSkill registers most of these tasks with 50 steps, sized for RL).
+TASK_RECIPES = {
+    # ManiSkill's own ACT baseline (examples/baselines/act/examples.sh)
+    "PickCube-v1": TaskRecipe("solvePickCube", "pd_ee_delta_pos", max_episode_steps=100),
+    "PushCube-v1": TaskRecipe("solvePushCube", "pd_ee_delta_pos", max_episode_steps=100),
+    "StackCube-v1": TaskRecipe("solveStackCube", "pd_ee_delta_pos", max_episode_steps=200),
+    "PegInsertionSide-v1": TaskRecipe("solvePegInsertionSide", "pd_ee_delta_pose", max_episode_steps=300),
+    # No ManiSkill baseline: the controller the planner's demos were measured to convert into (README), and
+    # about 1.5x the longest of those demos.
+    "PullCube-v1": TaskRecipe("solvePullCube", "pd_ee_delta_pos", max_episode_steps=120),
+    "LiftPegUpright-v1": TaskRecipe("solveLiftPegUpright", "pd_ee_delta_pose", max_episode_steps=250),
+    "PlugCharger-v1": TaskRecipe("solvePlugCharger", "pd_joint_delta_pos", max_episode_steps=350),
+    "PlaceSphere-v1": TaskRecipe("solvePlaceSphere", "pd_ee_delta_pose", max_episode_steps=200),
+}
+
+
+def task_recipe(cfg) -> tuple[str, dict]:
+    """utils.config's task_defaults hook: the recipe of cfg.env_id, or nothing for a task without one."""
+    check_env_id(cfg.env_id)
+    if cfg.env_id not in TASK_RECIPES:
+        print(f"[config] no recipe for {cfg.env_id}: control_mode={cfg.control_mode}, "
+              f"max_episode_steps={cfg.max_episode_steps} as configured")
+        return "", {}
+    return (f"{cfg.env_id} recipe (TASK_RECIPES in datasets/maniskill_demos.py)",
+            TASK_RECIPES[cfg.env_id].config_defaults())
 
 
 def default_demo_path(demo_dir: str, env_id: str, obs_mode: str, control_mode: str, num_demos: int) -> Path:
+    if num_demos < 1:  # -1 ("all") names no file: generated demos come in a fixed number
+        raise UserInputError(f"num_demos={num_demos} (all the episodes of a file) needs demo_path=<a .h5 file>; "
+                             f"without one the demos are generated and num_demos says how many")
     return Path(demo_dir) / env_id / f"{num_demos}demos.{obs_mode}.{control_mode}.h5"
 
 
@@ -68,7 +101,9 @@ def _plan_seeds(env_id: str, seeds: range, out_dir: Path) -> int:
     import mani_skill.envs  # noqa: F401  (registers the environments)
     from mani_skill.utils.wrappers.record import RecordEpisode
 
-    solve = motion_planning_solutions()[env_id]
+    from mani_skill.examples.motionplanning.panda import solutions
+
+    solve = getattr(solutions, TASK_RECIPES[env_id].solution)
     env = gym.make(env_id, obs_mode="none", control_mode="pd_joint_pos", render_mode="rgb_array",
                    sim_backend="physx_cpu", render_backend="cpu")
     env = RecordEpisode(env, output_dir=str(out_dir), trajectory_name="motionplanning", save_video=False,
@@ -125,7 +160,7 @@ def _make_chunk(env_id: str, seeds: range, obs_mode: str, control_mode: str, wor
 
 
 def _conversion_error(env_id: str, control_mode: str, converted: int, planned: int) -> str:
-    recipe_mode = TASK_RECIPES.get(env_id, {}).get("control_mode")
+    recipe_mode = TASK_RECIPES[env_id].control_mode if env_id in TASK_RECIPES else None
     if recipe_mode and recipe_mode != control_mode:
         hint = f"set control_mode={recipe_mode} (the recipe for {env_id})"
     else:
@@ -139,15 +174,17 @@ def _conversion_error(env_id: str, control_mode: str, converted: int, planned: i
 def generate_demos(env_id: str, num_demos: int, obs_mode: str, control_mode: str, out_path, seed: int = 0) -> Path:
     """Make `num_demos` successful demos at `out_path` (.h5 + .json). Does nothing if the file exists;
     resumes from the finished chunks of a killed run."""
+    if num_demos < 1:
+        raise UserInputError(f"num_demos={num_demos}: generating demos needs a number >= 1")
     out_path = Path(out_path)
     if out_path.exists():
         print(f"[demos] {out_path} exists, nothing to do")
         return out_path
     if obs_mode not in SUPPORTED_OBS_MODES:
         raise UserInputError(f"obs_mode must be one of {SUPPORTED_OBS_MODES}, got '{obs_mode}'")
-    if env_id not in motion_planning_solutions():
+    if env_id not in TASK_RECIPES:
         raise UserInputError(f"No ManiSkill motion-planning solution for env_id '{env_id}'; "
-                         f"available: {sorted(motion_planning_solutions())}")
+                             f"available: {sorted(TASK_RECIPES)}")
     work_dir = out_path.parent / f".work_{out_path.stem}"
     work_dir.mkdir(parents=True, exist_ok=True)
     print(f"[demos] generating {num_demos} {env_id} demos ({obs_mode}, {control_mode}) -> {out_path} "
@@ -212,8 +249,9 @@ def demo_metadata(path: Path) -> dict:
 
 def load_maniskill_demos(path, num_demos: int, obs_mode: str, control_mode: str,
                          cameras: list[str] | None = None, image_size: int | None = None) -> list[dict]:
-    """Read episodes from a ManiSkill trajectory file and check it matches the config. Camera images are resized
-    to image_size one episode at a time (None: as recorded), exactly as the environment adapter resizes them.
+    """Read the first num_demos (-1: all) episodes of a ManiSkill trajectory file and check it matches the config.
+    Camera images are resized to image_size one episode at a time (None: as recorded), exactly as the environment
+    adapter resizes them.
 
     Returns a list of {"state": (T, S) float32, "actions": (T, A) float32[, "images": (T, N, C, H, W) uint8]}.
     The observation after the last action is dropped, so every state is paired with the action taken.
@@ -230,9 +268,9 @@ def load_maniskill_demos(path, num_demos: int, obs_mode: str, control_mode: str,
     try:
         with h5py.File(path, "r") as h5:
             keys = sorted((k for k in h5.keys() if k.startswith("traj_")), key=lambda k: int(k.split("_")[1]))
-            if len(keys) < num_demos:
+            if len(keys) < max(num_demos, 1):
                 raise UserInputError(f"{path}: holds {len(keys)} episodes, the config asks for num_demos={num_demos}")
-            for key in keys[:num_demos]:
+            for key in keys if num_demos == -1 else keys[:num_demos]:
                 group = h5[key]
                 actions = np.asarray(group["actions"], dtype=np.float32)
                 obs = group["obs"]

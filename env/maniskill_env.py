@@ -24,38 +24,6 @@ import torch.nn.functional as F
 from env.errors import UserInputError, did_you_mean
 
 
-# Per-task defaults for every task we can make demos for (those with a ManiSkill motion-planning solution),
-# applied when the user names only env_id; a key set in a config file or on the command line wins. The demos
-# are planned in joint space and replayed into control_mode, which must be able to follow the planner's motion:
-# pd_ee_delta_pos holds the gripper's orientation, which only the cube tasks tolerate (0-40% of the other tasks'
-# demos survive it), so the others turn the gripper with pd_ee_delta_pose, or, for PlugCharger, move the joints
-# (pd_ee_delta_pose loses a quarter of its demos and stretches some to 3x their length). max_episode_steps
-# leaves room beyond the longest demo (ManiSkill registers most of these tasks with 50 steps, sized for RL).
-TASK_RECIPES = {
-    # ManiSkill's own ACT baseline (examples/baselines/act/examples.sh)
-    "PickCube-v1": {"control_mode": "pd_ee_delta_pos", "max_episode_steps": 100},
-    "PushCube-v1": {"control_mode": "pd_ee_delta_pos", "max_episode_steps": 100},
-    "StackCube-v1": {"control_mode": "pd_ee_delta_pos", "max_episode_steps": 200},
-    "PegInsertionSide-v1": {"control_mode": "pd_ee_delta_pose", "max_episode_steps": 300},
-    # No ManiSkill baseline: the controller the planner's demos were measured to convert into (README), and
-    # about 1.5x the longest of those demos.
-    "PullCube-v1": {"control_mode": "pd_ee_delta_pos", "max_episode_steps": 120},
-    "LiftPegUpright-v1": {"control_mode": "pd_ee_delta_pose", "max_episode_steps": 250},
-    "PlugCharger-v1": {"control_mode": "pd_joint_delta_pos", "max_episode_steps": 350},
-    "PlaceSphere-v1": {"control_mode": "pd_ee_delta_pose", "max_episode_steps": 200},
-}
-
-
-def task_recipe(cfg) -> tuple[str, dict]:
-    """utils.config's task_defaults hook: the recipe of cfg.env_id, or nothing for a task without one."""
-    check_env_id(cfg.env_id)
-    if cfg.env_id not in TASK_RECIPES:
-        print(f"[config] no recipe for {cfg.env_id}: control_mode={cfg.control_mode}, "
-              f"max_episode_steps={cfg.max_episode_steps} as configured")
-        return "", {}
-    return f"{cfg.env_id} recipe (TASK_RECIPES in env/maniskill_env.py)", TASK_RECIPES[cfg.env_id]
-
-
 def resolve_backends(sim_backend: str, render_backend: str) -> tuple[str, str]:
     """'auto' -> GPU simulation and rendering when CUDA is available, CPU (software Vulkan) otherwise."""
     cuda = torch.cuda.is_available()

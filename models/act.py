@@ -9,7 +9,8 @@ The model is a conditional VAE over action chunks. Data flow, token counts on th
 
   ENCODER
       [z] [proprio] [camera 1: h*w tokens] ... [camera N]    2 + N*h*w tokens, learned positions for [z] and
-                     ^ images --ResNet18--> feature maps      [proprio], 2D sine positions for the feature maps
+                     ^ images --ResNet18--> feature maps      [proprio]; feature maps: 2D sine positions plus a
+                                                              learned embedding per camera (and stacked frame)
                           |  TransformerEncoder
                        memory                                  2 + N*h*w tokens
 
@@ -39,7 +40,7 @@ dropout as one multiplication); ACTPolicy's cpu_fast_paths switches them in or o
 Shape legend used in the comments:
     B  batch size             K  chunk_size (number of predicted future actions)
     S  proprioception size    A  action size
-    N  number of cameras      C  image channels (3 for RGB, 4 with depth)
+    N  number of cameras (x stacked frames)                 C  image channels (3 for RGB, 4 with depth)
     H, W  image size          h, w  backbone feature map size (H/32, W/32)
     D  d_model                L  latent (style variable) size
     T  number of tokens       F  dim_feedforward
@@ -259,7 +260,11 @@ class ResNet18Backbone(nn.Module):
 # ACT
 # --------------------------------------------------------------------------------------------------
 class ACT(nn.Module):
-    """The CVAE action-chunking transformer. See the module docstring for the data flow."""
+    """The CVAE action-chunking transformer. See the module docstring for the data flow.
+
+    num_cameras counts image inputs per sample: cameras x stacked frames (ACTPolicy folds a frame stack into the
+    camera axis, frame-major), each with its own learned embedding.
+    """
 
     def __init__(
         self,
@@ -301,6 +306,9 @@ class ACT(nn.Module):
         if num_cameras > 0:
             self.backbone = ResNet18Backbone(image_channels, pretrained_backbone, pretrained_weights_path, frozen_batchnorm)
             self.feature_proj = nn.Conv2d(512, d_model, kernel_size=1)
+            # Every camera gets the same 2D sine code, and attention is blind to the order of its keys: without an
+            # embedding of its own, which camera (or which stacked frame) a token came from would be lost.
+            self.camera_embed = nn.Embedding(num_cameras, d_model)
 
         self.encoder = TransformerEncoder(num_encoder_layers, d_model, nhead, dim_feedforward, dropout)
         self.decoder = TransformerDecoder(num_decoder_layers, d_model, nhead, dim_feedforward, dropout)
@@ -326,13 +334,15 @@ class ACT(nn.Module):
         tokens = torch.cat([cls, state_token, action_tokens], dim=1)  # (B, K+2, D)
         not_padded = torch.zeros(batch, 2, dtype=torch.bool, device=state.device)
         key_padding_mask = torch.cat([not_padded, is_pad], dim=1)  # (B, K+2): padded actions are ignored
-        encoded = self.style_encoder(tokens, self.style_pos[None], key_padding_mask)  # (B, K+2, D)
-        # Only the [CLS] output summarises the chunk (models/fast_cpu.py's encoder computes only that one).
+        # (B, K+2, D); (B, 1, D), the [CLS] output alone, when models/fast_cpu.py's ClsOnlyEncoder is swapped in
+        # (see the [model] log line), which skips the outputs that are never read.
+        encoded = self.style_encoder(tokens, self.style_pos[None], key_padding_mask)
+        # Only the [CLS] output summarises the chunk.
         mu, logvar = self.style_to_latent(encoded[:, 0]).chunk(2, dim=-1)  # (B, L) each
         return mu, logvar
 
     def encode_images(self, images):
-        """(B, N, C, H, W) -> tokens (B, N*h*w, D) and their 2D sine positions (1, N*h*w, D)."""
+        """(B, N, C, H, W) -> tokens (B, N*h*w, D) and their positions (1, N*h*w, D)."""
         batch, num_cams = images.shape[:2]
         # All cameras share one backbone pass: (B*N, C, H, W) -> (B*N, 512, h, w). On CPU this beats a pass
         # per camera at batch 16 and 64 alike, provided freed memory is reused (utils.allocator.reuse_freed_memory):
@@ -341,9 +351,10 @@ class ACT(nn.Module):
         _, dim, height, width = features.shape
         tokens = features.flatten(2).transpose(1, 2)  # (B*N, h*w, D)
         tokens = tokens.reshape(batch, num_cams * height * width, dim)  # (B, N*h*w, D)
-        # The same 2D position code for every camera, computed on the backbone's output grid.
+        # Where in the image (the 2D sine code of the backbone's output grid) plus which camera or frame (learned).
         pos = sine_embedding_2d(height, width, dim).to(tokens)  # (h*w, D)
-        return tokens, pos.repeat(num_cams, 1)[None]  # (1, N*h*w, D)
+        pos = pos[None] + self.camera_embed.weight[:, None]  # (N, h*w, D)
+        return tokens, pos.flatten(0, 1)[None]  # (1, N*h*w, D)
 
     def forward(self, state, images=None, actions=None, is_pad=None):
         """Predict an action chunk.
@@ -387,8 +398,9 @@ def act_loss(pred, target, is_pad, mu, logvar, kl_weight: float):
 
     pred, target: (B, K, A); is_pad: (B, K); mu, logvar: (B, L) or None.
     """
-    # Padded steps add zero but still count in the mean (divided by B*K*A, not by the valid steps), as in the
-    # original ACT and LeRobot: kl_weight = 10 was tuned against this L1 scale.
+    # Padded steps add zero but still count in the mean: divided by B*K*A, not by the number of valid elements.
+    # The original ACT (tonyzhaozh/act) and LeRobot up to 0.4.4 do the same, and kl_weight = 10 was tuned against
+    # this scale; LeRobot's main branch divides by the valid elements since its PR #3442.
     l1 = ((pred - target).abs() * ~is_pad.unsqueeze(-1)).mean()
     if mu is None:
         kl = torch.zeros((), device=pred.device)

@@ -3,7 +3,9 @@
 Nothing here is part of ACT; read models/act.py to learn the model. `ACTPolicy(..., cpu_fast_paths=True)` (the
 default) calls `use_cpu_fast_paths` once, which swaps the modules below in for their plain counterparts. Parameter
 names do not change, so checkpoints load either way, and tests/test_model.py checks that both versions give the
-same outputs and gradients. Pass cpu_fast_paths=False to step through the plain layers alone.
+same outputs and gradients. A policy built while a debugger is attached keeps the plain layers, so breakpoints in
+models/act.py are hit; cpu_fast_paths=False (config: model.cpu_fast_paths=false) does so always. The `[model]`
+line of a training run names the layers in use.
 
 What each buys (benchmarks/train_throughput.py, state setting, 1 thread, leave-one-out): ClsOnlyEncoder +17%;
 MaskDropout +2% and ReluDropoutFeedForward +0.5%, kept because without the two the measured ratio against
@@ -12,10 +14,20 @@ file existed (1.37x before and after in one session, benchmarks/README.md). The 
 training eagerly on CPU: on CUDA torch's fused dropout kernel is faster, and torch.compile fuses dropout itself.
 """
 
+import sys
+
 import torch
 from torch import nn
 
 from models.act import FeedForward, TransformerEncoder
+
+
+def debugger_attached() -> bool:
+    """True under pdb, an IDE's debugger (debugpy, PyCharm) or any other trace function. Python 3.12+ debuggers
+    may register through sys.monitoring instead of a trace function."""
+    monitoring = getattr(sys, "monitoring", None)
+    registered = monitoring is not None and monitoring.get_tool(monitoring.DEBUGGER_ID) is not None
+    return sys.gettrace() is not None or registered
 
 
 def eager_cpu_training(module: nn.Module, x: torch.Tensor) -> bool:

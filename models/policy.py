@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.act import ACT, act_loss
-from models.fast_cpu import use_cpu_fast_paths
+from models.fast_cpu import debugger_attached, use_cpu_fast_paths
 
 
 def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
@@ -40,10 +40,12 @@ class ACTPolicy(nn.Module):
                  random_shift: int = 0):
         """stats: {"state_mean", "state_std", "action_mean", "action_std"} arrays, from the training data.
         cpu_fast_paths: swap models/fast_cpu.py's faster layers into `model`, in place (same results and parameter
-        names); False keeps the plain layers of models/act.py.
+        names), unless a debugger is attached; False keeps the plain layers of models/act.py. self.cpu_fast_paths
+        says which happened.
         random_shift: training images are shifted by up to this many pixels (random_shift above); 0 = off."""
         super().__init__()
-        if cpu_fast_paths:
+        self.cpu_fast_paths = cpu_fast_paths and not debugger_attached()
+        if self.cpu_fast_paths:
             use_cpu_fast_paths(model)
         self.model = model
         self.kl_weight = kl_weight
@@ -67,13 +69,14 @@ class ACTPolicy(nn.Module):
         state, images = self._flatten_frames(self.normalize_state(batch["state"]), batch.get("images"))
         return state, images, (batch["actions"] - self.action_mean) / self.action_std
 
-    def forward(self, batch: dict) -> dict:
-        """Training loss of a raw batch from datasets.ChunkDataset (z from the style encoder's posterior)."""
+    def forward(self, batch: dict, kl_weight: torch.Tensor | None = None) -> dict:
+        """Training loss of a raw batch from datasets.ChunkDataset (z from the style encoder's posterior).
+        kl_weight: this step's weight when it follows a schedule (utils/training.py's KL warm-up), else the constant."""
         state, images, target = self._model_inputs(batch)
         if self.training and self.random_shift and images is not None:
             images = random_shift(images, self.random_shift)
         pred, (mu, logvar) = self.model(state, images, target, batch["is_pad"])
-        return act_loss(pred, target, batch["is_pad"], mu, logvar, self.kl_weight)
+        return act_loss(pred, target, batch["is_pad"], mu, logvar, self.kl_weight if kl_weight is None else kl_weight)
 
     @torch.no_grad()
     def deployed_l1(self, batch: dict) -> torch.Tensor:

@@ -17,21 +17,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, make_scripted_demos  # noqa: E402
-from datasets.bigym_solvers import SCRIPTED_RECIPES, SOLVERS  # noqa: E402
+from datasets.bigym_solvers import SCRIPTED_TASKS  # noqa: E402
 from env.bigym_env import PELVIS_DOFS  # noqa: E402
 from utils.config import repo_path  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env-id", default="DishwasherClose", choices=sorted(SOLVERS))
+    parser.add_argument("--env-id", default="DishwasherClose", choices=sorted(SCRIPTED_TASKS))
     parser.add_argument("--num-demos", type=int, default=100, help="how many solved demos the cache should hold")
     parser.add_argument("--cache-root", default=SCRIPTED_DEMO_ROOT, help="DemoStore root (relative to the repo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first attempt (then +1 per attempt)")
     parser.add_argument("--floating-dofs", nargs="+", choices=PELVIS_DOFS,
                         help="floating-base joints in the action (default: the task's recipe, as training uses)")
     args = parser.parse_args()
-    floating_dofs = args.floating_dofs or SCRIPTED_RECIPES[args.env_id]["floating_dofs"]
+    floating_dofs = args.floating_dofs or SCRIPTED_TASKS[args.env_id].floating_dofs
     make_scripted_demos(args.env_id, args.num_demos, repo_path(args.cache_root), first_seed=args.seed,
                         floating_dofs=floating_dofs)
 

@@ -15,15 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.maniskill_demos import (SUPPORTED_OBS_MODES, default_demo_path,  # noqa: E402
-                                      generate_demos, motion_planning_solutions)
-from env.maniskill_env import TASK_RECIPES  # noqa: E402
+from datasets.maniskill_demos import SUPPORTED_OBS_MODES, TASK_RECIPES, default_demo_path, generate_demos  # noqa: E402
 from utils.config import repo_path  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env-id", default="PickCube-v1", choices=sorted(motion_planning_solutions()))
+    parser.add_argument("--env-id", default="PickCube-v1", choices=sorted(TASK_RECIPES))
     parser.add_argument("--num-demos", type=int, default=100)
     parser.add_argument("--obs-mode", default="state", choices=SUPPORTED_OBS_MODES)
     parser.add_argument("--control-mode", help="default: the task's recipe (e.g. pd_ee_delta_pose for LiftPegUpright)")
@@ -32,7 +30,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="first motion-planning seed")
     args = parser.parse_args()
     if args.control_mode is None:
-        args.control_mode = TASK_RECIPES[args.env_id]["control_mode"]
+        args.control_mode = TASK_RECIPES[args.env_id].control_mode
         print(f"[demos] control mode {args.control_mode}: the {args.env_id} recipe")
     out = Path(args.out) if args.out else repo_path(
         default_demo_path(args.demo_dir, args.env_id, args.obs_mode, args.control_mode, args.num_demos))

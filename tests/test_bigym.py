@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 from datasets.bigym_demos import (import_recorded_demos, load_bigym_demos, make_scripted_demos,  # noqa: E402
                                   record_scripted_demo)
-from datasets.bigym_solvers import SCRIPTED_RECIPES, SOLVERS, scripted_recipe  # noqa: E402
+from datasets.bigym_solvers import SCRIPTED_TASKS, scripted_recipe  # noqa: E402
 from datasets.replay_buffer import ChunkDataset, compute_stats  # noqa: E402
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, BiGymEnv, make_bigym_env, resolve_task, sample_start,  # noqa: E402
                            start_rng, task_classes, to_snake_case)
@@ -47,13 +47,13 @@ WITH_PELVIS_Z = ("pelvis_x", "pelvis_y", "pelvis_z", "pelvis_rz")
 SOLVER_FLOATING_DOFS = {"DishwasherClose": WITH_PELVIS_Z}  # the others run with BiGym's default base joints
 
 
-@pytest.mark.parametrize("task", sorted(SOLVERS))
+@pytest.mark.parametrize("task", sorted(SCRIPTED_TASKS))
 def test_solver_solves_perturbed_starts(task):
     """Each solver, from two perturbed starts, ends with BiGym's own success check true (no cameras, 500 Hz)."""
     from demonstrations.demo_recorder import DemoRecorder
 
     env = make_bigym_env(task, [], 1, "absolute", 500, False, SOLVER_FLOATING_DOFS.get(task, DEFAULT_FLOATING_DOFS))
-    demos = [record_scripted_demo(env, SOLVERS[task], seed, DemoRecorder()) for seed in (0, 1)]
+    demos = [record_scripted_demo(env, SCRIPTED_TASKS[task].solve, seed, DemoRecorder()) for seed in (0, 1)]
     env.close()
     assert all(demo is not None for demo in demos), f"{task}: solver failed from a perturbed start"
     for demo, seed in zip(demos, (0, 1)):
@@ -98,7 +98,6 @@ def test_scripted_recipe_applies_to_scripted_demos_unless_the_user_set_the_key(c
     assert "your max_episode_steps=300 wins" in capsys.readouterr().out
     cfg = load_config(paper, None, ["env_id=ReachTarget"], task_defaults=scripted_recipe)  # human demos: no recipe
     assert (cfg.control_frequency, cfg.max_episode_steps) == (25, 150)
-    assert set(SCRIPTED_RECIPES) == set(SOLVERS)
 
 
 def test_dishwasher_solver_without_pelvis_height_says_so():
@@ -106,7 +105,7 @@ def test_dishwasher_solver_without_pelvis_height_says_so():
 
     env = make_bigym_env("DishwasherClose", [], 1, "absolute", 500, False)  # base x, y, yaw only
     with pytest.raises(ValueError, match=r"floating_dofs=\[pelvis_x,pelvis_y,pelvis_z,pelvis_rz\]"):
-        record_scripted_demo(env, SOLVERS["DishwasherClose"], seed=0, recorder=DemoRecorder())
+        record_scripted_demo(env, SCRIPTED_TASKS["DishwasherClose"].solve, seed=0, recorder=DemoRecorder())
     env.close()
 
 
@@ -146,7 +145,7 @@ def test_import_recorded_demos(tmp_path):
 
     env = make_bigym_env(TASK, [], 1, "absolute", 500, False)
     recorder = DemoRecorder(tmp_path / "recorded")
-    assert record_scripted_demo(env, SOLVERS[TASK], seed=5, recorder=recorder) is not None
+    assert record_scripted_demo(env, SCRIPTED_TASKS[TASK].solve, seed=5, recorder=recorder) is not None
     recorder.save_demo()
     env.close()
     assert import_recorded_demos(tmp_path / "recorded", tmp_path / "cache") == 1

@@ -2,8 +2,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from utils.config import REPO_ROOT, ConfigError, load_config
+from utils.config import REPO_ROOT, ConfigError, load_config, parse_args
 
 DEFAULT = "configs/ACT_maniskill_config.yaml"
 
@@ -83,3 +84,31 @@ def test_malformed_yaml_names_the_file_and_line(tmp_path):
     result = run_script("--config", str(bad))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{bad}: not valid YAML (line" in result.stderr
+
+
+def test_print_config_shows_the_resolved_config_and_where_each_value_came_from(monkeypatch, capsys):
+    """One merge: defaults <- task recipe <- config file <- command line. The recipe is asked once, with the task
+    the user chose, and fills only what the user left alone; --print-config prints the result, then exits."""
+    asked = []
+
+    def recipe(cfg):
+        asked.append(cfg.env_id)
+        return "test recipe", {"control_mode": "pd_joint_pos", "max_episode_steps": 7}
+
+    monkeypatch.setattr(sys, "argv", ["ACT_for_Maniskill.py", "--config", "configs/ACT_maniskill_state_config.yaml",
+                                      "env_id=PushCube-v1", "max_episode_steps=9", "model.d_model=64",
+                                      "--print-config"])
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(DEFAULT, "test", task_defaults=recipe)
+    assert exit_info.value.code == 0 and asked == ["PushCube-v1"]
+    out = capsys.readouterr().out
+    printed = yaml.safe_load(out[out.index("# the resolved config"):])
+    expected = load_config(DEFAULT, "configs/ACT_maniskill_state_config.yaml",
+                           ["env_id=PushCube-v1", "max_episode_steps=9", "model.d_model=64"], task_defaults=recipe)
+    assert printed == expected.to_dict()
+    assert (printed["control_mode"], printed["max_episode_steps"]) == ("pd_joint_pos", 9)  # the command line wins
+    source = {line.split(":")[0].strip(): line.split("# ")[1] for line in out.splitlines() if "  # " in line}
+    assert source["control_mode"] == "test recipe" and source["max_episode_steps"] == "command line"
+    assert source["env_id"] == source["d_model"] == "command line"
+    assert source["total_iters"] == "configs/ACT_maniskill_state_config.yaml"
+    assert "seed" not in source and "lr_backbone" not in source  # at their defaults: unmarked

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.maniskill_demos import generate_demos, load_maniskill_demos, motion_planning_solutions
+from datasets.maniskill_demos import default_demo_path, generate_demos, load_maniskill_demos, task_recipe
 from datasets.replay_buffer import ChunkDataset
 from env.errors import UserInputError
-from env.maniskill_env import TASK_RECIPES, task_recipe
 from utils.config import REPO_ROOT, load_config
 
 DEFAULT = "configs/ACT_maniskill_config.yaml"
@@ -59,6 +58,15 @@ def test_too_few_episodes_is_an_error(pickcube_state_demos):
         load_maniskill_demos(pickcube_state_demos, 10, "state", "pd_ee_delta_pos")
 
 
+def test_num_demos_minus_one_loads_every_episode_and_cannot_generate(pickcube_state_demos, tmp_path):
+    assert len(load_maniskill_demos(pickcube_state_demos, -1, "state", "pd_ee_delta_pos")) == 4
+    with pytest.raises(UserInputError, match="num_demos=-1 .*needs demo_path"):
+        default_demo_path(tmp_path, "PickCube-v1", "state", "pd_ee_delta_pos", -1)
+    with pytest.raises(UserInputError, match="num_demos=-1: generating demos needs a number >= 1"):
+        generate_demos("PickCube-v1", -1, "state", "pd_ee_delta_pos", tmp_path / "all.h5")
+    assert list(tmp_path.iterdir()) == []  # nothing planned, nothing written
+
+
 def test_corrupt_file_names_the_file(pickcube_state_demos, tmp_path):
     broken = tmp_path / "broken.h5"
     broken.write_bytes(b"not an hdf5 file")
@@ -88,7 +96,6 @@ def test_task_recipe_applies_unless_the_user_set_the_key(tmp_path, capsys):
     cfg = load_config(DEFAULT, state, ["env_id=PushT-v1"], task_defaults=task_recipe)
     assert (cfg.control_mode, cfg.max_episode_steps) == ("pd_ee_delta_pos", 100)  # no recipe: the config's
     assert "no recipe for PushT-v1" in capsys.readouterr().out
-    assert set(TASK_RECIPES) == set(motion_planning_solutions())  # every task we can make demos for
 
 
 def test_conversion_that_cannot_succeed_stops_after_the_probe_and_resumes(tmp_path):

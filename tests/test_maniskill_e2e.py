@@ -37,14 +37,22 @@ def tiny_run(pickcube_state_demos, tmp_path_factory):
 def test_run_writes_checkpoints_metrics_curves_and_video(tiny_run):
     run_dir = tiny_run["run_dir"]
     assert run_dir.name.startswith("tiny-PickCube-v1-1-")
+    assert "layers: models/fast_cpu.py" in tiny_run["log"]  # the [model] line names the code that runs
     for name in ("config.yaml", "last.pt", "best.pt", "iter_0000020.pt", "iter_0000030.pt", "training_curves.png"):
         assert (run_dir / name).is_file(), name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("val/l1" in row for row in rows) and any("train/l1" in row for row in rows)
     evals = [row for row in rows if "eval/success_once" in row]
-    assert len(evals) == 1 and evals[0]["eval/num_episodes"] == 2 and 0.0 <= evals[0]["eval/success_once"] <= 1.0
+    assert len(evals) == 1 and evals[0]["eval/num_episodes"] == 2
+    # The logged rates are those of the per-episode outcomes saved beside them, on the test seeds (eval_seed on).
+    episodes = json.loads((run_dir / "episodes_iter0000030.json").read_text())
+    assert [(e["episode"], e["seed"]) for e in episodes] == [(0, 1_000_000), (1, 1_000_001)]
+    assert evals[0]["eval/success_once"] == sum(e["success_once"] for e in episodes) / 2
+    assert evals[0]["eval/success_at_end"] == sum(e["success_at_end"] for e in episodes) / 2
+    assert all(e["success_once"] or not e["success_at_end"] for e in episodes)  # solved at the end: solved once
+    tag = "success" if episodes[0]["success_once"] else "fail"
     videos = list((tiny_run["out"] / "videos" / run_dir.name).glob("iter0000030_ep000_*.mp4"))
-    assert len(videos) == 1 and videos[0].stat().st_size > 10_000
+    assert [v.name for v in videos] == [f"iter0000030_ep000_{tag}.mp4"] and videos[0].stat().st_size > 10_000
 
 
 def test_train_and_validation_episodes_do_not_overlap(tiny_run):

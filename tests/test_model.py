@@ -1,8 +1,13 @@
+import bdb
+import inspect
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from models.act import ACT, FeedForward, TransformerEncoder, act_loss, sine_embedding_2d
+from models.act import (ACT, EncoderLayer, FeedForward, TransformerEncoder, act_loss, sine_embedding_1d,
+                        sine_embedding_2d)
 from models.fast_cpu import ClsOnlyEncoder, MaskDropout, ReluDropoutFeedForward, dropout_keep_mask
 from models.policy import ACTPolicy
 
@@ -78,7 +83,8 @@ def test_cvae_off_has_no_style_encoder_and_no_kl():
 
 
 def test_padded_steps_add_zero_but_count_in_the_l1_mean():
-    # As the original ACT and LeRobot: sum over valid steps / all B*K*A elements, here 4 / 8.
+    # As the original ACT and LeRobot 0.4.4 (LeRobot's main divides by the valid elements): sum over valid steps /
+    # all B*K*A elements, here 4 / 8.
     pred = torch.zeros(1, 4, 2)
     target = torch.tensor([[[1.0, 1.0], [1.0, 1.0], [100.0, 100.0], [100.0, 100.0]]])
     is_pad = torch.tensor([[False, False, True, True]])
@@ -99,10 +105,95 @@ def test_xavier_init_only_for_the_main_encoder_and_decoder(monkeypatch):
     assert "style_encoder.layers.0.feedforward.0.weight" not in xavier_names
     # Embeddings keep N(0, 1): Xavier would give them a std of about sqrt(2 / (K + D)) = 0.23.
     assert model.action_queries.weight.std().item() > 0.7
-def test_sine_embedding_2d_distinguishes_positions():
-    table = sine_embedding_2d(3, 4, 32)
-    assert table.shape == (12, 32)
-    assert torch.unique(table, dim=0).shape[0] == 12
+def test_sine_embedding_1d_is_sin_and_cos_of_position_times_frequency():
+    table = sine_embedding_1d(20, 16)
+    frequencies = 10000.0 ** (-torch.arange(0, 16, 2) / 16)  # (8,): 1, 10000^(-1/8), ...
+    torch.testing.assert_close(table[7, 0::2], torch.sin(7 * frequencies))
+    torch.testing.assert_close(table[7, 1::2], torch.cos(7 * frequencies))
+    # What makes it a position code: the similarity of two positions depends only on how far apart they are.
+    torch.testing.assert_close(table[2] @ table[5], table[11] @ table[14])
+    assert table[2] @ table[3] > table[2] @ table[9]
+
+
+def test_sine_embedding_2d_codes_rows_and_columns_in_separate_halves_independent_of_size():
+    grid = sine_embedding_2d(3, 4, 32).view(3, 4, 32)
+    assert torch.unique(grid.view(12, 32), dim=0).shape[0] == 12  # every cell its own code
+    assert torch.equal(grid[:, :1, :16].expand(3, 4, 16), grid[..., :16])  # first half: the row alone
+    assert torch.equal(grid[:1, :, 16:].expand(3, 4, 16), grid[..., 16:])  # second half: the column alone
+    # Coordinates are fractions of the map: row 1 of 3 sits where row 2 of 6 does, whatever the resolution.
+    finer = sine_embedding_2d(6, 4, 32).view(6, 4, 32)
+    torch.testing.assert_close(finer[1, :, :16], grid[0, :, :16])
+    torch.testing.assert_close(finer[5, :, :16], grid[2, :, :16])
+
+
+@pytest.mark.parametrize("cpu_fast_paths", [False, True])
+def test_style_encoder_ignores_padded_actions(cpu_fast_paths):
+    """Padded steps (past the episode's end) are masked out of the style encoder's attention: whatever they hold,
+    mu and logvar stay the same; a valid step does change them."""
+    model = make_policy(cpu_fast_paths=cpu_fast_paths).model.eval()
+    batch = make_batch()  # sample 0: its last 2 steps are padding
+    state, actions, is_pad = batch["state"].flatten(1), batch["actions"], batch["is_pad"]
+    mu, logvar = model.encode_style(state, actions, is_pad)
+    padded_changed = actions.clone()
+    padded_changed[0, -2:] = 100 * torch.randn(2, ACTION_DIM)
+    mu_padded, logvar_padded = model.encode_style(state, padded_changed, is_pad)
+    torch.testing.assert_close(mu_padded, mu)
+    torch.testing.assert_close(logvar_padded, logvar)
+    valid_changed = actions.clone()
+    valid_changed[0, 0] += 1.0
+    mu_valid, _ = model.encode_style(state, valid_changed, is_pad)
+    assert (mu_valid[0] - mu[0]).abs().max() > 1e-3
+    torch.testing.assert_close(mu_valid[1:], mu[1:])  # other samples untouched
+
+
+def test_stacked_frames_are_told_apart_by_their_learned_embedding():
+    """frame_stack 2 with one camera: the two frames enter as two image inputs. Reversing their order must change
+    the prediction (motion is visible); with the per-frame embedding zeroed it would not, since attention is blind
+    to the order of its keys and both frames get the same 2D sine code."""
+    policy = make_policy(num_cameras=2).eval()  # 1 camera x 2 frames, as build_policy sizes it
+    state = torch.randn(3, STATE_DIM)
+    frames = torch.randint(0, 256, (3, 2, 3, 64, 64)).float()  # (B, F*N, C, H, W)
+    forward, _ = policy.model(state, frames)
+    reversed_order, _ = policy.model(state, frames.flip(1))
+    assert (forward - reversed_order).abs().max() > 1e-3
+    with torch.no_grad():
+        policy.model.camera_embed.weight.zero_()
+    forward, _ = policy.model(state, frames)
+    reversed_order, _ = policy.model(state, frames.flip(1))
+    torch.testing.assert_close(forward, reversed_order)
+
+
+def test_a_debugger_attached_before_the_policy_is_built_stops_in_act_style_encoder():
+    """With the shipped setting (cpu_fast_paths=True) and a debugger attached (bdb is pdb's engine), a breakpoint
+    on the feed-forward line of act.EncoderLayer.forward is hit in the style encoder's last layer; without a
+    debugger the same policy runs models/fast_cpu.py."""
+    lines, first = inspect.getsourcelines(EncoderLayer.forward)
+    breakpoint_line = first + next(i for i, line in enumerate(lines) if "self.feedforward(x)" in line)
+
+    class Debugger(bdb.Bdb):
+        def __init__(self):
+            super().__init__()
+            self.stopped_in = []  # the EncoderLayer of every stop
+
+        def user_line(self, frame):
+            if frame.f_code is EncoderLayer.forward.__code__:
+                self.stopped_in.append(frame.f_locals["self"])
+            self.set_continue()
+
+    def build_and_train_one_step():
+        policy = make_policy(cpu_fast_paths=True)
+        policy(make_batch())["loss"].backward()
+        return policy
+
+    debugger = Debugger()
+    debugger.set_break(inspect.getsourcefile(EncoderLayer), breakpoint_line)
+    try:
+        policy = debugger.runcall(build_and_train_one_step)
+    finally:
+        sys.settrace(None)
+    assert not policy.cpu_fast_paths and type(policy.model.style_encoder) is TransformerEncoder
+    assert any(layer is policy.model.style_encoder.layers[-1] for layer in debugger.stopped_in)
+    assert make_policy(cpu_fast_paths=True).cpu_fast_paths  # no debugger: the fast paths
 
 
 def test_cls_only_encoder_equals_the_first_token_of_the_plain_one():

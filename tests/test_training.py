@@ -8,7 +8,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from ddp_gradient_worker import small_policy_and_data
 from models.act import act_loss
 from utils.config import load_config
-from utils.training import build_policy, validate
+from utils.training import build_policy, kl_weight_at, validate
 
 
 def test_validation_l1_is_the_deployed_policy_not_the_reconstruction(pickcube_state_demos):
@@ -33,3 +33,19 @@ def test_a_checkpoint_rebuilds_the_backbone_it_was_trained_with(frozen):
     policy = build_policy(cfg, meta, stats, checkpoint={"shape_meta": {**meta, "frozen_batchnorm": frozen}})
     norm_types = {type(module) for module in policy.model.backbone.modules()}
     assert (FrozenBatchNorm2d in norm_types) is frozen and (torch.nn.BatchNorm2d in norm_types) is not frozen
+
+
+def test_kl_warmup_ramps_the_weight_the_loss_uses(pickcube_state_demos):
+    cfg = load_config("configs/ACT_maniskill_config.yaml", overrides=["kl_warmup_iters=100", "model.kl_weight=10"])
+    assert [kl_weight_at(cfg, i) for i in (0, 25, 50, 100, 5000)] == [0.0, 2.5, 5.0, 10.0, 10.0]
+    off = load_config("configs/ACT_maniskill_config.yaml")  # the default: no warm-up
+    assert off.kl_warmup_iters == 0 and kl_weight_at(off, 0) == off.model.kl_weight
+
+    policy, data = small_policy_and_data(pickcube_state_demos)
+    policy.eval()  # z = posterior mean: the same KL term in every call
+    batch = data[np.arange(16)]
+    constant = policy(batch)
+    ramped = policy(batch, kl_weight=torch.tensor(kl_weight_at(cfg, 25)))
+    assert constant["kl"] > 0
+    torch.testing.assert_close(constant["loss"], constant["l1"] + 10.0 * constant["kl"])
+    torch.testing.assert_close(ramped["loss"], ramped["l1"] + 2.5 * ramped["kl"])

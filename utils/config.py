@@ -7,6 +7,7 @@ and what was expected; misspelled keys get the closest valid names suggested.
 """
 
 import argparse
+import copy
 import errno
 import sys
 from pathlib import Path
@@ -84,7 +85,8 @@ def _coerce(value, default, key: str, source: str):
                       f"got {type(value).__name__} {value!r}")
 
 
-def _set(schema: dict, tree: dict, dotted_key: str, value, source: str):
+def _set(schema: dict, tree: dict, dotted_key: str, value, source: str, sources: dict):
+    """tree[dotted_key] = value, checked against the schema; sources[leaf key] = source for every key it sets."""
     parts = dotted_key.split(".")
     node_schema, node = schema, tree
     for depth, part in enumerate(parts):
@@ -99,9 +101,10 @@ def _set(schema: dict, tree: dict, dotted_key: str, value, source: str):
                 if not isinstance(value, dict):
                     raise ConfigError(f"{source}: key '{dotted_key}' is a section; set its keys, e.g. {dotted_key}.<key>=...")
                 for sub_key, sub_value in value.items():
-                    _set(schema, tree, f"{dotted_key}.{sub_key}", sub_value, source)
+                    _set(schema, tree, f"{dotted_key}.{sub_key}", sub_value, source, sources)
             else:
                 node[part] = _coerce(value, node_schema[part], dotted_key, source)
+                sources[dotted_key] = source
         else:
             node_schema, node = node_schema[part], node[part]
 
@@ -118,13 +121,15 @@ def _find(path) -> Path:
     return path if path.exists() or path.is_absolute() else REPO_ROOT / path
 
 
-def _apply_overrides(schema: dict, tree: dict, overrides) -> dict:
+def _parse_overrides(overrides) -> dict:
+    """["key=value", ...] -> {dotted key: YAML-parsed value}."""
+    parsed = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"command line: override '{item}' must look like key=value (e.g. total_iters=1000)")
         key, text = item.split("=", 1)
-        _set(schema, tree, key.strip(), yaml.safe_load(text) if text != "" else None, source="command line")
-    return tree
+        parsed[key.strip()] = yaml.safe_load(text) if text != "" else None
+    return parsed
 
 
 # Ranges the type check cannot express: (dotted key, test, what is expected). Keys absent from a
@@ -136,8 +141,8 @@ VALUE_RULES = [
         "model.d_model", "model.nhead", "model.dim_feedforward", "model.num_encoder_layers",
         "model.num_decoder_layers", "model.latent_dim")],
     *[(key, lambda v: v >= 0, "an integer >= 0") for key in (
-        "warmup_iters", "num_workers", "num_eval_episodes", "num_video_episodes", "keep_checkpoints",
-        "model.num_style_encoder_layers")],
+        "warmup_iters", "kl_warmup_iters", "num_workers", "num_eval_episodes", "num_video_episodes",
+        "keep_checkpoints", "model.num_style_encoder_layers")],
     *[(key, lambda v: v > 0, "a number > 0") for key in ("lr", "grad_clip")],
     *[(key, lambda v: v >= 0, "a number >= 0") for key in ("lr_backbone", "weight_decay", "model.kl_weight")],
     *[(key, lambda v: 0 <= v < 1, "a fraction in [0, 1)") for key in ("val_fraction", "ema_decay", "model.dropout")],
@@ -164,66 +169,129 @@ def check_values(cfg: "Config", source: str = "config"):
         raise ConfigError(f"{source}: mode=eval needs checkpoint=<a .pt file or an exported policy folder>")
 
 
-def load_config(default_path, config_path=None, overrides=(), task_defaults=None) -> Config:
-    """default config (schema) <- task defaults <- user config file <- `key=value` overrides, range-checked.
+def resolve_config(default_path, config_path=None, overrides=(), task_defaults=None) -> tuple[Config, dict]:
+    """The config of a new run, merged once, later layers winning:
 
-    task_defaults(cfg) -> (name, {dotted key: value}) gives defaults that depend on the chosen task (cfg.env_id
-    as the user set it), e.g. a ManiSkill task's control mode; they sit below the user's own settings, so a key
-    the user sets in a config file or on the command line always wins.
+        default config (the schema)  <-  the task's recipe  <-  the user's config file  <-  key=value overrides
+
+    task_defaults(cfg) -> (name, {dotted key: value}) gives the recipe, defaults that depend on the chosen task
+    (e.g. a ManiSkill task's control mode). It needs cfg.env_id as the user set it, so it is asked once the user's
+    layers are in, and fills only the keys they left alone. Returns the range-checked config and, for every key a
+    layer set, that layer's name.
     """
     schema = read_yaml(_find(default_path))
-    user_file = {}
-    if config_path and _find(config_path).resolve() != _find(default_path).resolve():
-        user_file = read_yaml(_find(config_path))
-
-    def merge(task_layer: dict, task_source: str = "") -> Config:
-        tree = yaml.safe_load(yaml.safe_dump(schema))  # a deep copy to fill in
-        for key, value in task_layer.items():
-            _set(schema, tree, key, value, source=task_source)
-        for key, value in user_file.items():
-            _set(schema, tree, key, value, source=str(config_path))
-        return to_config(_apply_overrides(schema, tree, overrides))
-
-    cfg = merge({})
-    name, values = task_defaults(cfg) if task_defaults else ("", {})
-    if values:
-        cfg = merge(values, name)
-        yours = [key for key in values if _get(cfg, key) != values[key]]
-        print(f"[config] {name}: " + ", ".join(f"{key}={value!r}" for key, value in values.items())
-              + (f" (your {', '.join(f'{key}={_get(cfg, key)!r}' for key in yours)} wins)" if yours else ""))
+    tree, sources = _user_layers(schema, default_path, config_path, overrides)
+    if task_defaults:
+        _fill_in_recipe(schema, tree, sources, task_defaults)
+    cfg = to_config(tree)
     check_values(cfg, source=str(config_path or default_path) + " + command line")
-    return cfg
+    return cfg, sources
 
 
-def _get(cfg: Config, dotted_key: str):
+def _user_layers(schema: dict, default_path, config_path, overrides) -> tuple[dict, dict]:
+    """The defaults <- the user's config file <- key=value overrides, and the source of every key they set."""
+    tree, sources = copy.deepcopy(schema), {}
+    if config_path and _find(config_path).resolve() != _find(default_path).resolve():
+        for key, value in read_yaml(_find(config_path)).items():
+            _set(schema, tree, key, value, str(config_path), sources)
+    for key, value in _parse_overrides(overrides).items():
+        _set(schema, tree, key, value, "command line", sources)
+    # Checked now as well as once complete: a mistake stops the run before a task recipe imports a simulator.
+    check_values(to_config(tree), source=str(config_path or default_path) + " + command line")
+    return tree, sources
+
+
+def _fill_in_recipe(schema: dict, tree: dict, sources: dict, task_defaults):
+    """The task's recipe into the keys the user did not set; the log names the recipe and any key that overrode it."""
+    name, recipe = task_defaults(to_config(tree))
+    yours = [key for key in recipe if key in sources]
+    for key, value in recipe.items():
+        if key not in yours:
+            _set(schema, tree, key, value, name, sources)
+    if recipe:
+        print(f"[config] {name}: " + ", ".join(f"{key}={value!r}" for key, value in recipe.items())
+              + (f" (your {', '.join(f'{key}={_get(tree, key)!r}' for key in yours)} wins)" if yours else ""))
+
+
+def load_config(default_path, config_path=None, overrides=(), task_defaults=None) -> Config:
+    """resolve_config without the sources."""
+    return resolve_config(default_path, config_path, overrides, task_defaults)[0]
+
+
+def _get(tree: dict, dotted_key: str):
     for part in dotted_key.split("."):
-        cfg = cfg[part]
-    return cfg
+        tree = tree[part]
+    return tree
+
+
+def format_config(cfg: dict, sources: dict, prefix: str = "") -> str:
+    """The config as YAML, every key a layer set marked with where its value came from."""
+    lines, indent = [], "  " * prefix.count(".")
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            lines += [f"{indent}{key}:", format_config(value, sources, f"{prefix}{key}.")]
+            continue
+        line = f"{indent}{key}: " + yaml.safe_dump([value], default_flow_style=True, width=1000).strip()[1:-1]
+        lines.append(f"{line:<40}  # {sources[prefix + key]}" if prefix + key in sources else line)
+    return "\n".join(lines)
 
 
 def parse_args(default_config: str, description: str, task_defaults=None) -> tuple[Config, dict | None]:
     """Command line -> (Config, the checkpoint being resumed or evaluated, or None); task_defaults: see
-    load_config. `resume=` and `mode=eval checkpoint=` start from the checkpoint's own config, so a run
+    resolve_config. `resume=` and `mode=eval checkpoint=` start from the checkpoint's own config, so a run
     continues (or is evaluated) with the settings it was trained with; overrides still apply. The checkpoint
-    is read once, here."""
+    is read once, here. --print-config prints the result with the source of every key not at its default, then
+    exits."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Any config key can be overridden with key=value, nested keys with "
                                             "dots: total_iters=1000 model.d_model=128 wandb.mode=disabled")
     parser.add_argument("--config", default=default_config, help=f"YAML config (default: {default_config})")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config, each key that is not at its default with where its value "
+                             "came from (config file, task recipe, checkpoint, command line), and exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of config keys")
     args = parser.parse_args()
-    cfg = load_config(default_config, args.config, args.overrides)
-    source = cfg.resume or (cfg.checkpoint if cfg.mode == "eval" else None)
-    if not source:  # a new run: the task is known now, so its recipe (if any) can fill in defaults
-        return (load_config(default_config, args.config, args.overrides, task_defaults) if task_defaults else cfg), None
+    schema = read_yaml(_find(default_config))
+    tree, sources = _user_layers(schema, default_config, args.config, args.overrides)
+    source = tree["resume"] or (tree["checkpoint"] if tree["mode"] == "eval" else None)
+    if source:
+        cfg, sources, checkpoint = _config_from_checkpoint(schema, source, args.overrides, for_resume=bool(tree["resume"]))
+    else:  # a new run: the task is known, so its recipe (if any) can fill in defaults
+        if task_defaults:
+            _fill_in_recipe(schema, tree, sources, task_defaults)
+        cfg, checkpoint = to_config(tree), None
+        check_values(cfg, source=f"{args.config} + command line")
+    if args.print_config:
+        print(f"# the resolved config: a comment names where a value came from, unmarked keys keep the defaults "
+              f"of {default_config}\n" + format_config(cfg, sources))
+        sys.exit(0)
+    return cfg, checkpoint
+
+
+def _config_from_checkpoint(schema: dict, source: str, overrides, for_resume: bool) -> tuple[Config, dict, dict]:
+    """A checkpoint's own config (keys added since filled in from the defaults) <- key=value overrides."""
     from utils.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(repo_path(source), for_resume=bool(cfg.resume))
-    schema = read_yaml(_find(default_config))
-    saved = _with_new_keys(schema, checkpoint["config"], source)
-    cfg = to_config(_apply_overrides(schema, saved, args.overrides))
+    checkpoint = load_checkpoint(repo_path(source), for_resume=for_resume)
+    tree = _with_new_keys(schema, checkpoint["config"], source)
+    sources = {key: f"{source} (its config)" for key in _keys_off_default(schema, tree)}
+    for key, value in _parse_overrides(overrides).items():
+        _set(schema, tree, key, value, "command line", sources)
+    cfg = to_config(tree)
     check_values(cfg, source=f"{source} (its config) + command line")
-    return cfg, checkpoint
+    return cfg, sources, checkpoint
+
+
+def _keys_off_default(schema: dict, tree: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose value in tree differs from the schema's (or that the schema no longer has)."""
+    keys = []
+    for key, value in tree.items():
+        default = schema.get(key) if isinstance(schema, dict) else None
+        if isinstance(value, dict):
+            keys += _keys_off_default(default, value, f"{prefix}{key}.")
+        elif value != default:
+            keys.append(prefix + key)
+    return keys
 
 
 def _with_new_keys(schema: dict, saved: dict, source, prefix: str = "") -> dict:

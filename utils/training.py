@@ -164,12 +164,29 @@ def build_policy(cfg: Config, shape_meta: dict, stats: dict, checkpoint: dict | 
         pretrained_weights_path=m.pretrained_weights_path, frozen_batchnorm=frozen_batchnorm,
     )
     policy = ACTPolicy(model, stats, m.kl_weight, cpu_fast_paths=m.cpu_fast_paths, random_shift=m.random_shift)
-    print(f"[model] ACT with {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M parameters")
+    print(f"[model] ACT with {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M parameters; "
+          f"{layers_in_use(policy, m)}")
     return policy
+
+
+def layers_in_use(policy: ACTPolicy, m: Config) -> str:
+    """Which code runs the model, and how to switch: a breakpoint in layers that are not running is never hit."""
+    if policy.cpu_fast_paths:
+        return ("layers: models/fast_cpu.py's fast CPU versions of the style encoder, dropout and feed-forward "
+                "blocks (same maths as models/act.py). To step through act.py's plain layers instead: start under a "
+                "debugger, or model.cpu_fast_paths=false")
+    if m.cpu_fast_paths:
+        return ("layers: models/act.py's plain layers, because a debugger is attached (without one, "
+                "models/fast_cpu.py's faster versions of the same maths run)")
+    return "layers: models/act.py's plain layers (model.cpu_fast_paths=false; true runs models/fast_cpu.py's faster ones)"
 
 
 def load_weights(policy: ACTPolicy, state_dict: dict, source: str):
     """Checkpoint weights into a policy built from the config; a mismatch is a config mistake, said as one."""
+    camera_embed = policy.state_dict().get("model.camera_embed.weight")
+    if camera_embed is not None and "model.camera_embed.weight" not in state_dict:
+        # Saved before cameras had an embedding of their own: the model ran as if it were zero.
+        state_dict = {**state_dict, "model.camera_embed.weight": torch.zeros_like(camera_embed)}
     try:
         policy.load_state_dict(state_dict)
     except RuntimeError as exc:
@@ -237,6 +254,14 @@ class EMA:
             ema_buffer.copy_(buffer)
 
 
+def kl_weight_at(cfg: Config, iteration: int) -> float:
+    """model.kl_weight, ramped up linearly from 0 over the first kl_warmup_iters iterations when that is > 0, so
+    that the style encoder learns to put the chunk into z before the KL term pulls z towards the prior."""
+    if iteration >= cfg.kl_warmup_iters:
+        return cfg.model.kl_weight
+    return cfg.model.kl_weight * iteration / cfg.kl_warmup_iters
+
+
 class TrainingDiverged(RuntimeError):
     pass
 
@@ -269,6 +294,17 @@ def validate(policy: ACTPolicy, dataset: ChunkDataset, batch_size: int, device,
     return {f"val/{k}": total / count for k, total in zip(totals, sums)}
 
 
+KL_COLLAPSED = 0.01  # nats, summed over z's dimensions: below this z tells the decoder next to nothing
+
+
+def posterior_collapse_note(step: int, metrics: dict) -> str:
+    return (f"[val @ {step}] posterior collapse: val/kl {metrics['val/kl']:.4f} < {KL_COLLAPSED} nats, so z carries "
+            f"(next to) nothing about the chunk and the deployed L1 ({metrics['val/l1']:.4f}, z = 0) equals the "
+            f"posterior L1 ({metrics['val/l1_posterior']:.4f}). The CVAE has become a deterministic chunk regressor: "
+            f"fine for demos with one way of doing each step, unable to choose between several. To keep z in use: "
+            f"kl_warmup_iters=<iterations> or a lower model.kl_weight. (Said once per run.)")
+
+
 def run_simulator_eval(cfg, run, policy, env, iteration: int, prefix: str) -> dict:
     """Roll the policy out, log success metrics and videos, return the metrics.
 
@@ -299,15 +335,25 @@ def run_simulator_eval(cfg, run, policy, env, iteration: int, prefix: str) -> di
     return metrics
 
 
-def _checkpoint_payload(cfg, run, policy, ema, optimizer, iteration, data, best, rng_states) -> dict:
+def save_training_checkpoint(path: Path, cfg: Config, run: Run, data: TrainingData, policy: ACTPolicy, ema: EMA | None,
+                             optimizer, iteration: int, best: dict):
+    """Everything a resumed run needs, written by rank 0 (utils/checkpoint.py: atomically). `best`: {"metric",
+    "score"} of best.pt so far. A diverged model never overwrites a good checkpoint (NaN can appear between log
+    steps)."""
+    if not all(torch.isfinite(p).all() for p in policy.parameters()):
+        raise TrainingDiverged(f"non-finite weights at iteration {iteration}; not saving {path.name}. The last good "
+                               f"checkpoint is {run.ckpt_dir / 'last.pt'}. Try a lower lr or grad_clip.")
+    rng_states = all_gather(rng_state())  # every rank's, so that each resumes its own random stream
+    if not run.distributed.is_main:
+        return
     shape_meta = {**data.shape_meta, "frozen_batchnorm": _uses_frozen_batchnorm(policy)}
-    return {
+    save_checkpoint(path, {
         "policy": policy.state_dict(), "ema": ema.policy.state_dict() if ema else None,
         "optimizer": optimizer.state_dict(), "iteration": iteration, "world_size": run.distributed.world_size,
         "config": cfg.to_dict(), "shape_meta": shape_meta, "rng": rng_states, "best": best,
         "run_name": run.name, "wandb_id": run.logger.wandb_id,
         "split": {"train": data.train_episodes, "val": data.val_episodes},
-    }
+    })
 
 
 def _uses_frozen_batchnorm(policy: ACTPolicy) -> bool | None:
@@ -319,6 +365,32 @@ def _drop_metrics_after(logger: RunLogger, iteration: int):
     """A resumed run rewrites history from its checkpoint on: drop rows logged after it."""
     rows = [row for row in logger.read_metrics() if row["iteration"] <= iteration]
     logger.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def restore_training_state(cfg, run, policy, ema, optimizer, best_metric: str) -> tuple[int, float]:
+    """Load a checkpoint into a freshly built training set-up. Returns its iteration and the score of its best.pt,
+    or -inf when that was chosen by another metric than best_metric (num_eval_episodes changed)."""
+    ckpt = run.checkpoint
+    load_weights(policy, ckpt["policy"], cfg.resume)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ema:
+        ema.policy.load_state_dict(ckpt["ema"] or ckpt["policy"])
+    rng_states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # a dict: older checkpoints
+    distributed = run.distributed
+    if len(rng_states) == distributed.world_size:
+        restore_rng_state(rng_states[distributed.rank])
+    else:  # the batches stay the same global ones; only dropout and z draws change
+        print(f"[resume] the checkpoint was trained by {len(rng_states)} process(es), this run has "
+              f"{distributed.world_size}: same global batch and batches, but the random draws (dropout, z samples) "
+              f"differ, so the run will not match one continued with {len(rng_states)}")
+    if distributed.is_main:
+        _drop_metrics_after(run.logger, ckpt["iteration"])
+    print(f"[resume] from {cfg.resume} at iteration {ckpt['iteration']}")
+    saved_best = ckpt.get("best", {"metric": "eval/success_once", "score": ckpt.get("best_success")})  # older format
+    if saved_best["metric"] != best_metric:
+        print(f"[resume] best.pt was chosen by {saved_best['metric']}; from now on by {best_metric}")
+        return ckpt["iteration"], -math.inf
+    return ckpt["iteration"], saved_best["score"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,12 +412,14 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
     policy.to(device)
     optimizer = build_optimizer(cfg, policy)
     ema = EMA(policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    best = {"metric": "eval/success_once" if cfg.num_eval_episodes > 0 else "val/l1", "score": -math.inf}
-    start_iter = 0
+    eval_policy = ema.policy if ema else policy
+    # best.pt keeps the highest score so far of best_metric (success rate as is, validation L1 negated).
+    best_metric = "eval/success_once" if cfg.num_eval_episodes > 0 else "val/l1"
+    start_iter, best_score = 0, -math.inf
 
     # 1. Resume: weights, optimizer moments, random state and position in the data stream, bit for bit.
     if run.checkpoint is not None:
-        start_iter = restore_training_state(cfg, run, policy, ema, optimizer, best)
+        start_iter, best_score = restore_training_state(cfg, run, policy, ema, optimizer, best_metric)
     if distributed.is_main:  # a disk too small for one save stops the run now, not at its first save
         check_room_for_checkpoints(run.ckpt_dir, policy, ema is not None, cfg.keep_checkpoints,
                                    planned_saves=-(-(cfg.total_iters - start_iter) // cfg.save_frequency))
@@ -353,43 +427,27 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
     # Batch i depends only on (seed, i), and the loader draws nothing from the random state restored above.
     loader = make_train_loader(data.train_set, cfg.batch_size, cfg.seed, cfg.num_workers, start_iter,
                                distributed.rank, distributed.world_size)
-
-    eval_policy = ema.policy if ema else policy
-    # DDP averages the gradients over ranks inside backward(): each rank then takes the same step.
-    train_step = (DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
-                  if distributed.enabled else policy)
-    train_step = torch.compile(train_step) if cfg.compile else train_step
+    # The module the training step calls: the policy itself, wrapped by DDP under torchrun (which averages the
+    # gradients over ranks inside backward(), so that every rank takes the same step) and compiled with compile=true.
+    training_policy = (DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
+                       if distributed.enabled else policy)
+    training_policy = torch.compile(training_policy) if cfg.compile else training_policy
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-    env, metrics = None, {}
-    running = {"loss": 0.0, "l1": 0.0, "kl": 0.0}
+
+    env, metrics, collapse_reported = None, {}, False
+    running = {"loss": 0.0, "l1": 0.0, "kl": 0.0}  # summed since the last log, on the device
     window_start, window_iters = time.time(), 0
-
-    def save(name: str, iteration: int):
-        # Never let a diverged model overwrite the last good checkpoint (NaN can appear between log steps).
-        if not all(torch.isfinite(p).all() for p in policy.parameters()):
-            raise TrainingDiverged(f"non-finite weights at iteration {iteration}; not saving {name}. The last good "
-                                   f"checkpoint is {run.ckpt_dir / 'last.pt'}. Try a lower lr or grad_clip.")
-        rng_states = all_gather(rng_state())  # every rank's, so that each resumes its own random stream
-        if distributed.is_main:
-            save_checkpoint(run.ckpt_dir / name,
-                            _checkpoint_payload(cfg, run, policy, ema, optimizer, iteration, data, best, rng_states))
-
-    def save_if_best(step: int, score: float):  # score: higher is better
-        if score > best["score"]:
-            best["score"] = score
-            save("best.pt", step)
-
-    def due(step: int, frequency: int) -> bool:
-        return step % frequency == 0 or step == cfg.total_iters
-
     bar = tqdm(range(start_iter, cfg.total_iters), initial=start_iter, total=cfg.total_iters, desc="train",
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30, disable=not distributed.is_main)
     for iteration, batch in zip(bar, loader):
+        step = iteration + 1  # iterations done after this one; the schedules below count in these
+        last = step == cfg.total_iters
+
         # 2. One optimisation step.
         policy.train()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast:
-            losses = train_step(batch)
+            losses = training_policy(batch, kl_weight=torch.tensor(kl_weight_at(cfg, iteration)))
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
@@ -400,10 +458,9 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
         for key in running:
             running[key] += losses[key].detach()  # stays on the device: no sync per step
         window_iters += 1
-        step = iteration + 1
 
         # 3. Log the training losses averaged since the last log.
-        if due(step, cfg.log_frequency):
+        if step % cfg.log_frequency == 0 or last:
             sums = all_sum([float(v) for v in running.values()], device)  # over ranks
             means = {f"train/{k}": total / window_iters / distributed.world_size for k, total in zip(running, sums)}
             if not all(math.isfinite(v) for v in means.values()):
@@ -412,7 +469,7 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
                     f"checkpoint is {run.ckpt_dir / 'last.pt'}. Try a lower lr or grad_clip.")
             speed = window_iters / (time.time() - window_start)
             means.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
-                          "train/iters_per_s": speed})
+                          "train/kl_weight": kl_weight_at(cfg, iteration), "train/iters_per_s": speed})
             run.logger.log(means, step)
             bar.set_postfix(loss=f"{means['train/loss']:.4f}", l1=f"{means['train/l1']:.4f}",
                             lr=f"{means['train/lr']:.1e}", it_s=f"{speed:.1f}")
@@ -420,60 +477,45 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
             window_start, window_iters = time.time(), 0
 
         # 4. Validate on the held-out episodes.
-        if data.val_set is not None and due(step, cfg.val_frequency):
+        validated = data.val_set is not None and (step % cfg.val_frequency == 0 or last)
+        if validated:
             metrics.update(validate(eval_policy, data.val_set, cfg.batch_size, device, distributed))
             run.logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, step)
             bar.write(f"[val @ {step}] l1 {metrics['val/l1']:.4f} (deployed, z = 0)  "
                       f"l1_posterior {metrics['val/l1_posterior']:.4f}  kl {metrics['val/kl']:.4f}")
-            if best["metric"] == "val/l1":
-                save_if_best(step, -metrics["val/l1"])
+            if policy.model.use_cvae and metrics["val/kl"] < KL_COLLAPSED and not collapse_reported:
+                bar.write(posterior_collapse_note(step, metrics))
+                collapse_reported = True
 
-        # 5. Save checkpoints, before the evaluation: a run killed while it evaluates loses no training.
-        if due(step, cfg.save_frequency):
-            save(f"iter_{step:07d}.pt", step)
-            save("last.pt", step)
+        # 5. Checkpoints, before the evaluation (a run killed while it evaluates loses no training): iter_<n>.pt
+        #    and last.pt; only the newest keep_checkpoints iter_<n>.pt stay.
+        if step % cfg.save_frequency == 0 or last:
+            for name in (f"iter_{step:07d}.pt", "last.pt"):
+                save_training_checkpoint(run.ckpt_dir / name, cfg, run, data, policy, ema, optimizer, step,
+                                         {"metric": best_metric, "score": best_score})
             if distributed.is_main:
                 prune_checkpoints(run.ckpt_dir, cfg.keep_checkpoints, step)
             run.logger.plot_curves()
 
         # 6. Evaluate in the simulator.
-        if cfg.num_eval_episodes > 0 and due(step, cfg.eval_frequency):
+        evaluated = cfg.num_eval_episodes > 0 and (step % cfg.eval_frequency == 0 or last)
+        if evaluated:
             env = env or make_env(cfg.num_eval_envs)
             metrics.update(run_simulator_eval(cfg, run, eval_policy, env, step, prefix=f"iter{step:07d}_"))
-            save_if_best(step, metrics["eval/success_once"])
+
+        # 7. best.pt when best_metric was just measured and beat its best.
+        if evaluated or (validated and best_metric == "val/l1"):
+            score = -metrics["val/l1"] if best_metric == "val/l1" else metrics[best_metric]
+            if score > best_score:
+                best_score = score
+                save_training_checkpoint(run.ckpt_dir / "best.pt", cfg, run, data, policy, ema, optimizer, step,
+                                         {"metric": best_metric, "score": best_score})
     bar.close()
     if env is not None:
         env.close()
     run.logger.plot_curves()
     run.finish()
     return metrics
-
-
-def restore_training_state(cfg, run, policy, ema, optimizer, best: dict) -> int:
-    """Load a checkpoint into a freshly built training set-up; returns its iteration. `best` takes the saved
-    best score when it was measured by the same metric (it is not when num_eval_episodes changed)."""
-    ckpt = run.checkpoint
-    load_weights(policy, ckpt["policy"], cfg.resume)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if ema:
-        ema.policy.load_state_dict(ckpt["ema"] or ckpt["policy"])
-    rng_states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # a dict: older checkpoints
-    distributed = run.distributed
-    if len(rng_states) == distributed.world_size:
-        restore_rng_state(rng_states[distributed.rank])
-    else:  # the batches stay the same global ones; only dropout and z draws change
-        print(f"[resume] the checkpoint was trained by {len(rng_states)} process(es), this run has "
-              f"{distributed.world_size}: same global batch and batches, but the random draws (dropout, z samples) "
-              f"differ, so the run will not match one continued with {len(rng_states)}")
-    if distributed.is_main:
-        _drop_metrics_after(run.logger, ckpt["iteration"])
-    print(f"[resume] from {cfg.resume} at iteration {ckpt['iteration']}")
-    saved_best = ckpt.get("best", {"metric": "eval/success_once", "score": ckpt.get("best_success")})  # older format
-    if saved_best["metric"] == best["metric"]:
-        best["score"] = saved_best["score"]
-    else:
-        print(f"[resume] best.pt was chosen by {saved_best['metric']}; from now on by {best['metric']}")
-    return ckpt["iteration"]
 
 
 def final_summary(metrics: dict) -> str:

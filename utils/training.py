@@ -52,7 +52,7 @@ def seed_everything(seed: int):
 class Run:
     name: str
     ckpt_dir: Path
-    video_dir: Path
+    video_dir: Path | None  # None: no simulator, no videos
     device: torch.device
     logger: RunLogger | NullLogger
     checkpoint: dict | None  # the checkpoint being resumed or evaluated, if any
@@ -64,12 +64,15 @@ class Run:
         shutdown_distributed()
 
 
-def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = Distributed()) -> Run:
+def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = Distributed(),
+              task: str | None = None) -> Run:
     """Seed, pick the device, name the run and open its folders and logger.
 
     `checkpoint` (from parse_args) is the one being resumed or evaluated. Resuming continues its run (same
     name and folders, same W&B run); evaluation-only gets a fresh run named after the evaluated one.
     Under torchrun (`distributed` from utils.distributed.init_distributed) only rank 0 writes.
+    task: the run name's middle part, cfg.env_id unless given (a dataset run has no simulator task). A config
+    without video_dir (no simulator) gets no video folder.
     """
     started = time.time()
     if distributed.enabled and cfg.batch_size % distributed.world_size:
@@ -83,9 +86,10 @@ def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = D
     elif checkpoint is not None:
         name = checkpoint["run_name"]
     else:
-        name = f"{cfg.exp_name}-{cfg.env_id}-{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = f"{cfg.exp_name}-{task or cfg.env_id}-{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     name = broadcast(name)  # rank 0's clock names the run
-    ckpt_dir, video_dir = repo_path(cfg.ckpt_dir) / name, repo_path(cfg.video_dir) / name
+    ckpt_dir = repo_path(cfg.ckpt_dir) / name
+    video_dir = repo_path(cfg.video_dir) / name if "video_dir" in cfg else None
     if not distributed.is_main:
         return Run(name, ckpt_dir, video_dir, device, NullLogger(), checkpoint, started, distributed)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +101,8 @@ def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = D
     wandb_id = checkpoint.get("wandb_id") if checkpoint and cfg.mode == "train" else None
     logger = RunLogger(ckpt_dir, name, cfg.to_dict(), cfg.wandb, wandb_id)
     processes = f" x {distributed.world_size} processes (torchrun)" if distributed.enabled else ""
-    print(f"[run] {name} on {device}{processes}\n      checkpoints, metrics, curves: {ckpt_dir}\n"
-          f"      videos: {video_dir}")
+    print(f"[run] {name} on {device}{processes}\n      checkpoints, metrics, curves: {ckpt_dir}"
+          + (f"\n      videos: {video_dir}" if video_dir else ""))
     return Run(name, ckpt_dir, video_dir, device, logger, checkpoint, started, distributed)
 
 

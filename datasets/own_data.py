@@ -120,13 +120,15 @@ def _check_memory(num_frames: int, num_cameras: int, height: int, width: int, fo
 
 
 def load_own_episodes(folder, data_format: str, state_keys: list[str], action_key: str, cameras: list[str] | None,
-                      image_size, num_episodes: int = -1, shift_real_actions: bool = True) -> tuple[list[dict], list[str]]:
+                      image_size, num_episodes: int = -1, shift_real_actions: bool = True,
+                      only: int | None = None) -> tuple[list[dict], list[str]]:
     """Read and check a dataset folder of a known format (detect_format). Returns (episodes, the cameras read,
     in order).
 
     state_keys are concatenated into the state; cameras None: every camera the episodes have, [] none.
     image_size [h, w] (None: keep the recorded size). num_episodes -1: all, else the first ones.
     shift_real_actions: ALOHA files with attribute sim=False pair step t with action t-1 (aloha_hdf5.py).
+    only: read the images of this one episode (all are checked) and return it alone (scripts/plot_dataset.py).
     """
     folder = Path(folder)
     if image_size is not None and not (len(image_size) == 2 and all(isinstance(v, int) and v >= 32 for v in image_size)):
@@ -134,18 +136,24 @@ def load_own_episodes(folder, data_format: str, state_keys: list[str], action_ke
                              f"images 32x) or null, got {image_size!r}")
     if num_episodes == 0 or num_episodes < -1:
         raise UserInputError(f"data.num_episodes must be -1 (all) or an integer >= 1, got {num_episodes}")
-    reader = aloha_hdf5 if data_format == "aloha_hdf5" else lerobot_v3
     if data_format == "aloha_hdf5":
+        reader = aloha_hdf5
         episodes = aloha_hdf5.scan(folder, state_keys, action_key, num_episodes, shift_real_actions)
         state_name, action_name = "+".join(f"/{key}" for key in state_keys), f"/{action_key}"
     else:
+        reader = lerobot_v3
         episodes = lerobot_v3.scan(folder, state_keys, action_key, cameras, num_episodes)
         state_name, action_name = "+".join(state_keys), action_key
     cameras = _check_episodes(episodes, cameras, state_name, action_name)
+    print(f"[data] {folder} ({data_format}): {len(episodes)} episodes, "
+          f"{sum(len(episode['actions']) for episode in episodes)} steps, state {episodes[0]['state'].shape[1]} + "
+          f"action {episodes[0]['actions'].shape[1]} numbers per step, cameras {cameras or 'none'}")
+    if only is not None:
+        if only >= len(episodes):
+            raise UserInputError(f"{folder}: episode {only} asked for; the dataset has {len(episodes)} (0 to "
+                                 f"{len(episodes) - 1})")
+        episodes = [episodes[only]]
     num_frames = sum(len(episode["actions"]) for episode in episodes)
-    print(f"[data] {folder} ({data_format}): {len(episodes)} episodes, {num_frames} steps, "
-          f"state {episodes[0]['state'].shape[1]} + action {episodes[0]['actions'].shape[1]} numbers per step, "
-          f"cameras {cameras or 'none'}")
     if cameras:
         native_shape = episodes[0]["camera_shapes"][cameras[0]]
         height, width = image_size if image_size is not None else native_shape[:2]

@@ -202,7 +202,7 @@ def lerobot_folder(tmp_path_factory):
     # From outside the repository: our `datasets` package would shadow Hugging Face's there.
     subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "lerobot_dataset_writer.py"), str(folder), "3"],
                    cwd=folder.parent, env={**os.environ, "PYTHONPATH": str(LEROBOT_SITE)}, check=True,
-                   capture_output=True, timeout=300)
+                   capture_output=True, timeout=600)
     return folder
 
 

@@ -55,6 +55,21 @@ def compute_stats(episodes: list[dict], action_normalization: str = "mean_std", 
     }
 
 
+def _gather_images(episodes: list[dict]) -> torch.Tensor:
+    """All episodes' images in one (N, cams, C, H, W) uint8 tensor, held once: each episode's array is copied in
+    and its dict then points at its slice of the buffer, so the episode's own array is freed (when nothing else
+    holds it) before the next one is copied. np.concatenate would hold every image twice at its peak."""
+    total = sum(len(ep["images"]) for ep in episodes)
+    images = torch.empty((total, *episodes[0]["images"].shape[1:]), dtype=torch.uint8)
+    start = 0
+    for ep in episodes:
+        end = start + len(ep["images"])
+        images[start:end] = torch.from_numpy(ep["images"])
+        ep["images"] = images[start:end].numpy()
+        start = end
+    return images
+
+
 class ChunkDataset(torch.utils.data.Dataset):
     """The replay buffer. Indexed by an array of sample indices (a whole batch at once, vectorised)."""
 
@@ -70,8 +85,7 @@ class ChunkDataset(torch.utils.data.Dataset):
                 raise ValueError(f"episode {i}: state/images/actions lengths differ")
         self.states = torch.from_numpy(np.concatenate([ep["state"] for ep in episodes])).float()  # (N, S)
         self.actions = torch.from_numpy(np.concatenate([ep["actions"] for ep in episodes])).float()  # (N, A)
-        self.images = (torch.from_numpy(np.concatenate([ep["images"] for ep in episodes]))
-                       if "images" in episodes[0] else None)  # (N, cams, C, H, W) uint8
+        self.images = _gather_images(episodes) if "images" in episodes[0] else None  # (N, cams, C, H, W) uint8
         # For every flat step: where its episode starts and its last step (both flat indices).
         ends = np.cumsum(lengths)
         starts = ends - lengths

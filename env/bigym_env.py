@@ -1,4 +1,4 @@
-"""BiGym adapter: a batch of evaluation environments that speaks the policy's language.
+"""BiGym adapter: a batch of evaluation environments that speaks the policy's language (env/protocol.py).
 
 observations -> {"state": (E, S) float32, "images": (E, N, 3, H, W) uint8 (only when cameras are set)}
 actions      <- (E, A) float32 numpy
@@ -47,6 +47,7 @@ import re  # noqa: E402
 import numpy as np  # noqa: E402
 
 from env.errors import UserInputError, did_you_mean  # noqa: E402
+from env.protocol import RobotEnv  # noqa: E402
 
 STATE_KEYS = (
     "proprioception",
@@ -319,7 +320,7 @@ def reset_perturbed(env, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # The adapter
 # --------------------------------------------------------------------------------------------------
-class BiGymEnv:
+class BiGymEnv(RobotEnv):
     def __init__(self, env_id: str, num_envs: int, cameras: list[str], image_size: int, action_mode: str = "absolute",
                  control_frequency: int = 50, max_episode_steps: int = 1000, fast_rendering: bool = False,
                  video_size: int = 192, perturbed_starts: bool = False, floating_dofs=DEFAULT_FLOATING_DOFS,

@@ -1,4 +1,4 @@
-"""ManiSkill3 adapter: a batch of evaluation environments that speaks the policy's language.
+"""ManiSkill3 adapter: a batch of evaluation environments that speaks the policy's language (env/protocol.py).
 
 observations -> {"state": (E, S) float32, "images": (E, N, C, H, W) uint8 (camera modes only)}
 actions      <- (E, A) float32 numpy
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from env.errors import UserInputError, did_you_mean
+from env.protocol import RobotEnv
 
 
 def resolve_backends(sim_backend: str, render_backend: str) -> tuple[str, str]:
@@ -117,7 +118,7 @@ def _make_single_cpu_env(env_kwargs: dict):
     return CPUGymWrapper(gym.make(**env_kwargs), ignore_terminations=True)
 
 
-class ManiSkillEnv:
+class ManiSkillEnv(RobotEnv):
     def __init__(self, env_id: str, num_envs: int, obs_mode: str, control_mode: str, cameras: list[str],
                  max_episode_steps: int, sim_backend: str = "auto", render_backend: str = "auto",
                  image_size: int | None = None):

@@ -93,14 +93,14 @@ def check_writable(folder, key: str):
         raise UserInputError(f"{key}={folder} is not writable: {exc.strerror or exc}") from None
 
 
-def claim_run_folder(ckpt_root: Path, video_root: Path, base: str) -> str:
+def claim_run_folder(ckpt_root: Path, video_root: Path | None, base: str) -> str:
     """A run name starting with `base` whose folder under ckpt_root this call created, and that no video folder
-    uses yet. mkdir either creates a folder or fails, so two runs started in the same second with the same
+    uses yet (video_root None: a run without videos). mkdir either creates a folder or fails, so two runs started in the same second with the same
     name never share one: the second becomes `<base>-2`."""
     attempt = 1
     while True:
         name = base if attempt == 1 else f"{base}-{attempt}"
-        if not (video_root / name).exists():
+        if video_root is None or not (video_root / name).exists():
             try:
                 (ckpt_root / name).mkdir(parents=True)
                 return name

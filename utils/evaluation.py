@@ -1,22 +1,19 @@
-"""Roll a policy out in a simulator adapter (env/maniskill_env.py or env/bigym_env.py) and score it.
+"""Roll a policy out in a simulator adapter (env/protocol.py: env/maniskill_env.py, env/bigym_env.py) and score it.
 
+The policy acts through utils/deploy.py's DeployedPolicy, the same object a user's own control loop uses.
 Episodes run in rounds of `env.num_envs` parallel environments for exactly `env.max_episode_steps`
 steps (success does not end an episode), which gives both metrics ManiSkill reports:
 success_once (succeeded at any step) and success_at_end (succeeded at the last step).
 """
 
-from collections import deque
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 import torch
 
-from models.policy import ACTPolicy, ChunkedActionExecutor
-
-
-def _stacked(history: deque, key: str) -> np.ndarray:
-    return np.stack([obs[key] for obs in history], axis=1)  # (E, F, ...)
+from models.policy import ACTPolicy
+from utils.deploy import DeployedPolicy
 
 
 @torch.no_grad()
@@ -30,17 +27,13 @@ def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_
     same seeds and batch, as in a single process, so the gathered outcomes are the single-process ones.
     Returns {"episodes": [per-episode outcome dicts, the ones this rank played], "videos": [paths]}.
     """
-    policy.eval()
-    device = policy.action_mean.device
-    executor = ChunkedActionExecutor(policy.model.chunk_size, temporal_ensemble, ensemble_k, query_frequency)
+    deployed = DeployedPolicy(policy, frame_stack, temporal_ensemble, ensemble_k, query_frequency)
     episodes, videos = [], []
     num_rounds = -(-num_episodes // env.num_envs)
     for round_index in range(rank, num_rounds, world_size):
         round_seed = seed + round_index * env.num_envs
         obs = env.reset(seed=round_seed)
-        # The frame stack starts filled with the first observation, as the dataset clamps at episode start.
-        history = deque([obs] * frame_stack, maxlen=frame_stack)
-        executor.reset()
+        deployed.reset()
         num_record = min(env.num_envs, num_video_episodes - len(videos)) if video_dir is not None else 0
         record = num_record > 0
         frames = [env.render(num_record)] if record else []
@@ -48,15 +41,7 @@ def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_
         first_success_step = np.full(env.num_envs, env.max_episode_steps)
         episode_return = np.zeros(env.num_envs)
         for step in range(env.max_episode_steps):
-            chunk = None
-            if executor.needs_new_chunk():
-                state = torch.from_numpy(_stacked(history, "state")).to(device)  # (E, F, S)
-                images = (torch.from_numpy(_stacked(history, "images")).to(device)  # (E, F, N, C, H, W) uint8
-                          if "images" in obs else None)
-                chunk = policy.predict_chunk(state, images)  # (E, K, A)
-            action = executor.act(chunk).cpu().numpy()
-            obs, reward, success = env.step(action)
-            history.append(obs)
+            obs, reward, success = env.step(deployed.select_action(obs))  # actions (E, A)
             episode_return += reward
             first_success_step[success & ~ever_success] = step + 1
             ever_success |= success

@@ -53,7 +53,7 @@ def seed_everything(seed: int):
 class Run:
     name: str
     ckpt_dir: Path
-    video_dir: Path
+    video_dir: Path | None  # None: no simulator, no videos
     device: torch.device
     logger: RunLogger | NullLogger
     checkpoint: dict | None  # the checkpoint being resumed or evaluated, if any
@@ -65,7 +65,8 @@ class Run:
         shutdown_distributed()
 
 
-def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = Distributed()) -> Run:
+def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = Distributed(),
+              task: str | None = None) -> Run:
     """Seed, pick the device, name the run and open its folders and logger.
 
     `checkpoint` (from parse_args) is the one being resumed or evaluated. Resuming continues its run (same
@@ -73,6 +74,8 @@ def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = D
     run's folder is created exclusively (claim_run_folder): runs started in the same second never share one.
     ckpt_dir (and video_dir, when videos will be written) must be writable before any work starts.
     Under torchrun (`distributed` from utils.distributed.init_distributed) only rank 0 writes.
+    task: the run name's middle part, cfg.env_id unless given (a dataset run has no simulator task). A config
+    without video_dir (no simulator) gets no video folder.
     """
     started = time.time()
     if distributed.enabled and cfg.batch_size % distributed.world_size:
@@ -81,21 +84,23 @@ def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = D
                              f"{cfg.batch_size // distributed.world_size * distributed.world_size}")
     seed_everything(cfg.seed + distributed.rank)  # different dropout draws per rank; DDP syncs the weights
     device = select_device(cfg.device, distributed)
-    ckpt_root, video_root = repo_path(cfg.ckpt_dir), repo_path(cfg.video_dir)
+    ckpt_root = repo_path(cfg.ckpt_dir)
+    video_root = repo_path(cfg.video_dir) if "video_dir" in cfg else None
     name = None
     if distributed.is_main:
         check_writable(ckpt_root, "ckpt_dir")
-        if cfg.capture_video and cfg.num_eval_episodes > 0 and cfg.num_video_episodes > 0:
+        if video_root and cfg.capture_video and cfg.num_eval_episodes > 0 and cfg.num_video_episodes > 0:
             check_writable(video_root, "video_dir")
         if cfg.mode == "train" and checkpoint is not None:
             name = checkpoint["run_name"]
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             base = (f"{checkpoint['run_name']}-eval-{stamp}" if cfg.mode == "eval"
-                    else f"{cfg.exp_name}-{cfg.env_id}-{cfg.seed}-{stamp}")
+                    else f"{cfg.exp_name}-{task or cfg.env_id}-{cfg.seed}-{stamp}")
             name = claim_run_folder(ckpt_root, video_root, base)
     name = broadcast(name)  # rank 0 names the run
-    ckpt_dir, video_dir = ckpt_root / name, video_root / name
+    ckpt_dir = ckpt_root / name
+    video_dir = video_root / name if video_root else None
     if not distributed.is_main:
         return Run(name, ckpt_dir, video_dir, device, NullLogger(), checkpoint, started, distributed)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -107,8 +112,8 @@ def start_run(cfg: Config, checkpoint: dict | None, distributed: Distributed = D
     wandb_id = checkpoint.get("wandb_id") if checkpoint and cfg.mode == "train" else None
     logger = RunLogger(ckpt_dir, name, cfg.to_dict(), cfg.wandb, wandb_id)
     processes = f" x {distributed.world_size} processes (torchrun)" if distributed.enabled else ""
-    print(f"[run] {name} on {device}{processes}\n      checkpoints, metrics, curves: {ckpt_dir}\n"
-          f"      videos: {video_dir}")
+    print(f"[run] {name} on {device}{processes}\n      checkpoints, metrics, curves: {ckpt_dir}"
+          + (f"\n      videos: {video_dir}" if video_dir else ""))
     return Run(name, ckpt_dir, video_dir, device, logger, checkpoint, started, distributed)
 
 

@@ -170,9 +170,11 @@ def small_disk(path, size: str):
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint(pickcube_state_demos, tmp_path):
-    """About 2.6 checkpoints fit: the first save (iter_10 + last) succeeds, iter_20 runs out of space."""
+    """About 2.6 checkpoints fit: the first save (iter_10 + last) succeeds, iter_20 runs out of space. Validation
+    (and so best.pt) waits for the end, so that the saves come in a known order."""
     with small_disk(tmp_path / "disk", "2400k") as disk:
-        result = tiny_training(pickcube_state_demos, disk, "total_iters=40", "save_frequency=10", "keep_checkpoints=0")
+        result = tiny_training(pickcube_state_demos, disk, "total_iters=40", "save_frequency=10", "keep_checkpoints=0",
+                               "val_frequency=40")
         (run_dir,) = (disk / "ckpts").iterdir()
         assert_one_line_error(result, f"could not write {run_dir / 'iter_0000020.pt'}", "No space left on device",
                               "MiB free", "last good checkpoint is kept")

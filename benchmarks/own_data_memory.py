@@ -8,7 +8,7 @@
    14-d qpos/qvel/action (datasets/aloha_hdf5.py's write_episode). Frames are a textured background per camera
    with objects moving over it, so the JPEGs have realistic sizes (see write_dataset).
 2. Runs the real entry script on it (default config: images resized to 120x160 when read, the ManiSkill-RGB sized
-   model, batch 64) for --iters iterations in a child process, and reports the child's peak RSS
+   model, batch 16) for --iters iterations in a child process, and reports the child's peak RSS
    (getrusage's ru_maxrss), the time until training started, and samples/s from its metrics.jsonl.
 3. Deletes the dataset (unless --keep).
 """

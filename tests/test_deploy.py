@@ -39,7 +39,7 @@ def checkpoint(pickcube_state_demos, tmp_path_factory):
     """A small PickCube policy with two stacked frames and temporal ensembling, saved as training saves it."""
     from datasets.maniskill_demos import load_maniskill_demos
 
-    cfg = load_config("configs/ACT_maniskill_state_config.yaml", overrides=[
+    cfg = load_config("configs/ACT_maniskill_config.yaml", "configs/ACT_maniskill_state_config.yaml", overrides=[
         "frame_stack=2", "temporal_ensemble=true", "ensemble_k=0.1", "model.d_model=32", "model.dim_feedforward=64",
         "model.chunk_size=5", "val_fraction=0"])
     data = prepare_data(cfg, load_maniskill_demos(pickcube_state_demos, 4, "state", "pd_ee_delta_pos"), "delta")
@@ -90,7 +90,7 @@ def test_checkpoint_settings_can_be_overridden(checkpoint):
 
 @pytest.mark.parametrize("adapter", [ManiSkillEnv, BiGymEnv])
 def test_both_adapters_implement_the_environment_protocol(adapter):
-    assert issubclass(adapter, RobotEnv)
+    assert RobotEnv in adapter.__mro__  # declared, not only alike
     for method in ("reset", "step", "render", "close"):
         expected = list(inspect.signature(getattr(RobotEnv, method)).parameters)
         assert list(inspect.signature(getattr(adapter, method)).parameters) == expected, method

@@ -46,7 +46,7 @@ def checkpoint(pickcube_state_demos, tmp_path_factory):
     policy = build_policy(cfg, data.shape_meta, data.stats)
     path = tmp_path_factory.mktemp("deploy") / "best.pt"
     save_checkpoint(path, {"policy": policy.state_dict(), "ema": None, "config": cfg.to_dict(), "iteration": 0,
-                           "shape_meta": {**data.shape_meta, "frozen_batchnorm": None}})
+                           "shape_meta": {**data.shape_meta, "frozen_batchnorm": None}, "run_name": "deploy-test"})
     return path, policy, cfg
 
 

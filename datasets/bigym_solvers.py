@@ -473,8 +473,9 @@ SCRIPTED_RECIPES = {
                       "max_episode_steps": 200, "cameras": ["head"], "joint_velocities": True, "base_action": "delta",
                       "model.chunk_size": 16, "temporal_ensemble": True, "demo_noise": 0.0},
     # Crouches (pelvis_z). Decimated to 25 Hz, 62 of 100 demos no longer close everything; at 50 Hz all do.
-    # Demos about 9 s; 10 s episodes. Joint velocities out and absolute base targets: errors in them added up into a
-    # crouch 3x too fast (benchmarks/RESULTS.md, third round); whole 50-step chunks played open loop did best there.
+    # Demos about 9 s; 10 s episodes. Joint velocities out (their jumps made policies crouch 3x too fast), absolute
+    # base targets (errors do not add up) and whole 50-step chunks played open loop did best in benchmarks/RESULTS.md
+    # (third round); the left wrist camera sees the trays the left hand pushes, the head camera only their edge.
     "DishwasherClose": {"floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_z", "pelvis_rz"], "control_frequency": 50,
                         "max_episode_steps": 500, "cameras": ["head", "left_wrist"], "joint_velocities": False,
                         "base_action": "absolute", "model.chunk_size": 50, "temporal_ensemble": False,

@@ -36,7 +36,8 @@ def load_episodes(cfg):
                             cache_root=repo_path(cache_root) if cache_root else None,
                             episode_cache_dir=repo_path(cfg.episode_cache_dir) if cfg.episode_cache_dir else None,
                             demo_source=cfg.demo_source, floating_dofs=cfg.floating_dofs,
-                            joint_velocities=cfg.joint_velocities, base_action=cfg.base_action)
+                            joint_velocities=cfg.joint_velocities, base_action=cfg.base_action,
+                            demo_noise=cfg.demo_noise)
 
 
 def make_env(cfg, num_envs: int) -> BiGymEnv:

@@ -23,8 +23,11 @@ Two demo sources, one loading path (steps 1-5 are the same for both):
     and pass cache_root=<dir>.
   - scripted (`make_scripted_demos`): our solvers (datasets/bigym_solvers.py) drive the robot from perturbed
     starts while BiGym's DemoRecorder records, 500 Hz absolute joint positions with the floating base like the
-    human demos; only demos BiGym's success check calls solved are kept, in a DemoStore cache of their own
-    (default demos/bigym_scripted). Each stores its start in `reset_positions`, which step 4 re-applies.
+    human demos; only demos BiGym's success check calls solved are kept, in a DemoStore cache of their own per
+    solver version and DART noise level (scripted_store_root, under demos/bigym_scripted by default). Each stores
+    its start in `reset_positions`, which step 4 re-applies, and the solver's plan (datasets/bigym_planned_demo.py):
+    step 4 replays the executed actions and labels each step with the plan's targets, so with DART noise the
+    policy learns to return to the plan from the states the noise led to.
 Demos recorded by other means with DemoRecorder are added to a cache with `import_recorded_demos`.
 """
 
@@ -37,12 +40,13 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.bigym_solvers import SCRIPTED_TASKS, ScriptedMotion
-from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, absolute_base_action, apply_start, bigym_camera_images,
-                           bigym_state_vector, check_base_action, make_bigym_env, read_observation, reset_perturbed,
-                           resolve_task, solved)
+from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, absolute_base_action, apply_start, base_deltas,
+                           bigym_camera_images, bigym_state_vector, check_base_action, make_bigym_env, read_observation,
+                           reset_perturbed, resolve_task, solved)
 from env.errors import UserInputError
 
-SCRIPTED_DEMO_ROOT = "demos/bigym_scripted"  # default DemoStore root of scripted demos (relative to the repo)
+SCRIPTED_DEMO_ROOT = "demos/bigym_scripted"  # default root of the scripted demos' DemoStores (relative to the repo)
+NUM_GRIPPERS = 2  # the H1's; the last entries of every action
 
 
 def demo_url() -> str:
@@ -125,20 +129,37 @@ def import_recorded_demos(recorded_dir, cache_root) -> int:
     return len(files)
 
 
-def record_scripted_demo(env, solver, seed: int, recorder):
+def scripted_store_root(cache_root, task: str, noise: float) -> Path:
+    """The DemoStore root of `task`'s scripted demos made by its current solver with DART noise `noise`: one root
+    per (solver version, noise level), so a changed solver or noise level never reuses stale demos."""
+    return Path(cache_root) / f"{task}_solver-v{SCRIPTED_TASKS[task].version}_noise-{noise:g}"
+
+
+def record_scripted_demo(env, solver, seed: int, recorder, noise: float = 0.0):
     """One scripted demo from the perturbed start of `seed`, recorded by BiGym's DemoRecorder.
 
-    env: a raw BiGym env at 500 Hz in absolute joint positions. Returns the recorded Demo if BiGym's own
-    success check says the task is solved at the end, else None (the attempt is dropped).
+    env: a raw BiGym env at 500 Hz in absolute joint positions. noise: DART noise (datasets/bigym_solvers.py);
+    the recorder records the executed (noisy) actions, the plan is kept beside them. Returns a PlannedDemo if
+    BiGym's own success check says the task is solved at the end, else None (the attempt is dropped).
     """
+    from datasets.bigym_planned_demo import PlannedDemo
+
     start = reset_perturbed(env, seed)  # the recorder stores the seed: re-simulation lays the scene out the same way
     recorder.record(env, lightweight_demo=True)  # actions only, like BiGym's release; observations re-rendered later
     recorder.demo.metadata.environment_data.reset_positions = start.tolist()
-    motion = ScriptedMotion(env, lambda action: recorder.add_timestep(env.step(action), action),
-                            np.random.default_rng([seed, 1]))
+    planned = []
+
+    def step(action, planned_target):
+        recorder.add_timestep(env.step(action), action)
+        planned.append(planned_target)
+
+    motion = ScriptedMotion(env, step, np.random.default_rng([seed, 1]), noise=noise)
     solver(env, motion, motion.rng)
     recorder.stop()
-    return recorder.demo if solved(env) else None
+    if not solved(env):
+        return None
+    provenance = {"solver": solver.__name__, "solver_version": (SCRIPTED_TASKS[env.task_name].version if env.task_name in SCRIPTED_TASKS else None), "noise": noise}
+    return PlannedDemo(recorder.demo, planned, provenance)
 
 
 def _recorded_seeds(store, task_cls, floating_dofs) -> list[int]:
@@ -153,8 +174,9 @@ def _recorded_seeds(store, task_cls, floating_dofs) -> list[int]:
 
 
 def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int = 0,
-                        max_attempts: int | None = None, floating_dofs=DEFAULT_FLOATING_DOFS) -> dict:
-    """Make scripted demos of `task` until `cache_root` holds num_demos of them (resumes after a kill).
+                        max_attempts: int | None = None, floating_dofs=DEFAULT_FLOATING_DOFS, noise: float = 0.0) -> dict:
+    """Make scripted demos of `task` with DART noise `noise` until their DemoStore (scripted_store_root under
+    cache_root) holds num_demos of them (resumes after a kill).
 
     Attempt i uses seed first_seed + i (BiGym's scene seed and the start perturbation's); evaluation seeds
     (eval_seed, 1,000,000 and up by default) never meet them. Each solved demo is written to the DemoStore
@@ -167,7 +189,8 @@ def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int =
     task = task_cls.__name__
     if task not in SCRIPTED_TASKS:
         raise UserInputError(f"no scripted solver for BiGym task '{task}'; solvers exist for {sorted(SCRIPTED_TASKS)}")
-    store = DemoStore(Path(cache_root))
+    store_root = scripted_store_root(cache_root, task, noise)
+    store = DemoStore(store_root)
     done = _recorded_seeds(store, task_cls, floating_dofs)
     seed = max(done, default=first_seed - 1) + 1
     max_attempts = max_attempts or 2 * num_demos + 10
@@ -178,9 +201,9 @@ def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int =
                          fast_rendering=False, floating_dofs=floating_dofs)
     recorder = DemoRecorder()
     started = time.time()
-    bar = tqdm(total=num_demos, initial=len(done), desc=f"scripted {task} demos", dynamic_ncols=True)
+    bar = tqdm(total=num_demos, initial=len(done), desc=f"scripted {task} demos (noise {noise:g})", dynamic_ncols=True)
     while summary["total"] < num_demos and summary["attempted"] < max_attempts:
-        demo = record_scripted_demo(env, SCRIPTED_TASKS[task].solve, seed, recorder)
+        demo = record_scripted_demo(env, SCRIPTED_TASKS[task].solve, seed, recorder, noise)
         summary["attempted"] += 1
         seed += 1
         if demo is not None:
@@ -192,24 +215,48 @@ def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int =
     bar.close()
     env.close()
     summary["seconds"] = time.time() - started
-    print(f"[scripted demos] {task}: {summary['solved']} solved of {summary['attempted']} attempted in "
-          f"{summary['seconds']:.0f}s; {summary['total']} in {demo_cache_path(cache_root)}")
+    print(f"[scripted demos] {task} (noise {noise:g}): {summary['solved']} solved of {summary['attempted']} attempted "
+          f"in {summary['seconds']:.0f}s; {summary['total']} in {demo_cache_path(store_root)}")
     if summary["total"] < num_demos:
         raise RuntimeError(f"only {summary['total']} of {num_demos} scripted {task} demos after {max_attempts} "
                            f"attempts: the solver fails too often (see the summary above)")
     return summary
 
 
-def _raw_demos(store, cache_root, task_cls, num_demos: int, floating_dofs) -> list:
-    """The first num_demos (by file name, so a fixed selection; -1: all) 500 Hz lightweight demos of the task."""
-    from demonstrations.demo import Demo
-
+def _raw_demo_paths(store, cache_root, task_cls, num_demos: int, floating_dofs) -> list[Path]:
+    """The first num_demos (by file name, so a fixed selection; -1: all) 500 Hz lightweight demo files of the task."""
     metadata = _lightweight_metadata(task_cls, floating_dofs)
     paths = sorted(p for p in store.list_demo_paths(metadata) if p.suffix == ".safetensors")
     if len(paths) < max(num_demos, 1):
         raise UserInputError(f"{demo_cache_path(cache_root)}: {len(paths)} lightweight {task_cls.__name__} demos found "
                          f"({metadata.environment_data.action_mode_description}), num_demos={num_demos} requested")
-    return [Demo.from_safetensors(p) for p in (paths if num_demos < 0 else paths[:num_demos])]
+    return paths if num_demos < 0 else paths[:num_demos]
+
+
+def _load_plan(path: Path, task: str, noise: float) -> np.ndarray:
+    """The solver's plan (T, A) stored in a scripted demo file, after checking the file was made as asked."""
+    from datasets.bigym_planned_demo import read_plan
+
+    planned, provenance = read_plan(path)
+    expected = {"solver_version": SCRIPTED_TASKS[task].version, "noise": noise}
+    if planned is None or provenance is None or any(provenance.get(k) != v for k, v in expected.items()):
+        raise UserInputError(f"{path}: a scripted demo made with {provenance} (or without a plan) where "
+                             f"{expected} was asked for; remove it, it is not a demo of the current solver")
+    return planned
+
+
+def planned_labels(planned: np.ndarray, control_frequency: int, num_base: int) -> np.ndarray:
+    """Step 3 for the plan: (T, A) 500 Hz planned targets -> (T', A) at the control frequency, windowed as BiGym's
+    DemoConverter.decimate windows the executed actions (T' equal): arm targets averaged over the window, base
+    targets and gripper commands where the plan is at the window's end."""
+    rate = DEMO_FREQUENCY // control_frequency
+    padding = -len(planned) % rate  # decimate repeats the last step to fill the last window
+    planned = np.concatenate([planned, np.repeat(planned[-1:], padding, axis=0)])
+    windows = planned.reshape(-1, rate, planned.shape[1])  # (T', rate, A)
+    labels = windows.mean(axis=1)
+    labels[:, :num_base] = windows[:, -1, :num_base]
+    labels[:, -NUM_GRIPPERS:] = windows[:, -1, -NUM_GRIPPERS:]
+    return labels
 
 
 def _convert_actions(demo, action_mode: str, control_frequency: int, robot):
@@ -224,11 +271,20 @@ def _convert_actions(demo, action_mode: str, control_frequency: int, robot):
     return DemoConverter.decimate(demo, control_frequency, DEMO_FREQUENCY, robot=robot)
 
 
+def _label(env, executed: np.ndarray, planned: np.ndarray | None, base_action: str) -> np.ndarray:
+    """The action the policy learns at one step, before `executed` is stepped. planned: the plan's targets (base
+    absolute) or None (a demo without a plan: the executed action is the label)."""
+    if planned is not None:
+        executed = base_deltas(env, planned)  # BiGym's deltas from the base targets now to the plan's
+    return absolute_base_action(env, executed) if base_action == "absolute" else executed.astype(np.float32)
+
+
 def replay_demo(env, demo, cameras: list[str], joint_velocities: bool = True,
-                base_action: str = "delta") -> tuple[dict, bool]:
+                base_action: str = "delta", planned: np.ndarray | None = None) -> tuple[dict, bool]:
     """Step 4: re-simulate `demo` in `env`; returns (episode, success at the end).
 
     base_action="absolute" records the base targets each step's deltas lead to (env.bigym_env.absolute_base_action).
+    planned: (T, A) labels at the control frequency (planned_labels), or None to learn the executed actions.
     """
     env.reset(seed=demo.seed)
     start = demo.metadata.environment_data.reset_positions  # all zeros in human demos: BiGym's own reset
@@ -236,12 +292,12 @@ def replay_demo(env, demo, cameras: list[str], joint_velocities: bool = True,
         apply_start(env, start)
     obs = read_observation(env)  # the same reset observation evaluation starts from
     states, images, actions = [], [], []
-    for timestep in demo.timesteps:
+    for step, timestep in enumerate(demo.timesteps):
         action = timestep.executed_action  # (A,) float64, already clipped to the env's action space
         states.append(bigym_state_vector(obs, joint_velocities))
         if cameras:
             images.append(bigym_camera_images(obs, cameras))
-        actions.append(absolute_base_action(env, action) if base_action == "absolute" else action.astype(np.float32))
+        actions.append(_label(env, action, None if planned is None else planned[step], base_action))
         obs, *_ = env.step(action)
     episode = {"state": np.stack(states), "actions": np.stack(actions)}  # (T, S), (T, A)
     if cameras:
@@ -260,15 +316,20 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
                      control_frequency: int, fast_rendering: bool, cache_root=None,
                      episode_cache_dir=None, demo_source: str = "human",
                      floating_dofs=DEFAULT_FLOATING_DOFS, joint_velocities: bool = True,
-                     base_action: str = "delta") -> list[dict]:
+                     base_action: str = "delta", demo_noise: float = 0.0) -> list[dict]:
     """num_demos (-1: all) BiGym demos of `task` as episodes (see the module docstring).
 
     demo_source: "human" (BiGym's release) or "scripted" (made here first when fewer than num_demos exist).
-    cache_root: DemoStore cache root (None: ~/.bigym for human demos, downloading the release on first use).
+    cache_root: DemoStore cache root (None: ~/.bigym for human demos, downloading the release on first use); for
+        scripted demos the folder holding one DemoStore per solver version and noise level (scripted_store_root).
     episode_cache_dir: where converted episodes are kept (None: convert every time).
     joint_velocities: keep the joint velocities in the state (env.bigym_env.bigym_state_vector).
     base_action: "delta" (BiGym's) or "absolute" floating-base actions (see replay_demo).
+    demo_noise: scripted demos only: the DART noise they are made with (datasets/bigym_solvers.py); each step is
+        labelled with the solver's plan (with action_mode=absolute).
     """
+    from demonstrations.demo import Demo
+
     task_cls = resolve_task(task)
     task = task_cls.__name__
     check_base_action(base_action)  # before any demo is made or cached: a typo must not train on delta actions
@@ -277,14 +338,25 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
             raise UserInputError(f"demo_source=scripted needs a cache_root for the scripted demos (e.g. {SCRIPTED_DEMO_ROOT})")
         if num_demos < 1:
             raise UserInputError(f"demo_source=scripted needs num_demos >= 1 (how many to make), got {num_demos}")
-        make_scripted_demos(task, num_demos, cache_root, floating_dofs=floating_dofs)
-    elif demo_source != "human":
+        if demo_noise > 0 and action_mode != "absolute":
+            raise UserInputError(f"demo_noise={demo_noise} needs action_mode=absolute: the labels are the solver's "
+                                 f"planned joint targets, got action_mode={action_mode}")
+        make_scripted_demos(task, num_demos, cache_root, floating_dofs=floating_dofs, noise=demo_noise)
+        cache_root = scripted_store_root(cache_root, task, demo_noise)
+    elif demo_source == "human":
+        if demo_noise:
+            raise UserInputError(f"demo_noise={demo_noise} applies to scripted demos only (demo_source=scripted); "
+                                 "human demos are recorded as they are")
+    else:
         raise UserInputError(f"demo_source must be 'human' or 'scripted', got '{demo_source}'")
     store = _open_store(cache_root, download=demo_source == "human")
-    demos = _raw_demos(store, cache_root, task_cls, num_demos, floating_dofs)
+    paths = _raw_demo_paths(store, cache_root, task_cls, num_demos, floating_dofs)
 
     episodes, env, successes = [], None, 0
-    for demo in tqdm(demos, desc=f"BiGym {task} demos -> episodes"):
+    for path in tqdm(paths, desc=f"BiGym {task} demos -> episodes"):
+        demo = Demo.from_safetensors(path)
+        # The plan labels absolute arm targets; delta-mode demos (noise-free, see above) learn BiGym's conversion.
+        plan = _load_plan(path, task, demo_noise) if demo_source == "scripted" else None
         cache_file = None
         if episode_cache_dir is not None:
             cache_file = _episode_cache_file(episode_cache_dir, task, demo.uuid, cameras, image_size, action_mode,
@@ -297,8 +369,11 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
         if env is None:
             env = make_bigym_env(task, cameras, image_size, action_mode, control_frequency, fast_rendering,
                                  floating_dofs)
+        planned = None
+        if plan is not None and action_mode == "absolute":
+            planned = planned_labels(plan, control_frequency, len(env.robot.floating_base.all_actuators))
         episode, success = replay_demo(env, _convert_actions(demo, action_mode, control_frequency, env.robot), cameras,
-                                       joint_velocities, base_action)
+                                       joint_velocities, base_action, planned)
         episodes.append(episode)
         successes += int(success)
         if cache_file is not None:

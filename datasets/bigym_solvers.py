@@ -12,11 +12,19 @@ are recorded in: A = 15 = [pelvis dx, dy, dyaw (per physics step), 5 left arm jo
 left gripper, right gripper] (arm joints: shoulder pitch, roll, yaw, elbow, wrist; gripper 0 open, 1 closed);
 A = 16 with the pelvis height dz after dy (floating_dofs with pelvis_z, which DishwasherClose needs).
 
-Solvers (SCRIPTED_TASKS at the end, with each task's config recipe): ReachTarget, DishwasherClose, DrawerTopOpen.
+Solvers (SCRIPTED_TASKS at the end, with each solver's version and config recipe): ReachTarget, DishwasherClose,
+DrawerTopOpen.
 
 A solver only plans; whether the task was solved is decided by BiGym's own success check (see
 datasets/bigym_demos.py, which records the motion and keeps only solved demos). Solvers take a
 numpy Generator for timing and waypoint jitter, so the same start and seed give the same motion.
+
+Recovery demonstrations (DART, Laskey et al. 2017): with noise > 0 the robot is driven towards the planned
+configuration plus a smooth random offset (PlanNoise), so it leaves the planned path, while the plan itself, the
+label a policy learns, stays clean. Every physics step hands both to step_fn: the executed action (what BiGym's
+DemoRecorder records and re-simulation replays) and the planned target (the label: "go back to the plan").
+The solvers are plans in time, not functions of the state: a tray pulled back out is not pushed again. So
+they label states near their path (DART), but not the states a policy reaches on its own (DAgger).
 """
 
 from dataclasses import dataclass
@@ -151,22 +159,50 @@ def slerp(start: np.ndarray, end: np.ndarray, fraction: float) -> np.ndarray:
     return (np.eye(3) + np.sin(angle) * skew + (1 - np.cos(angle)) * skew @ skew) @ start
 
 
+PLAN_NOISE_TIME = 0.25  # s: correlation time of the DART offset (long enough to move the robot, and to survive
+                        # the averaging of 10-20 physics steps into one control step)
+BASE_NOISE_PER_RAD = 0.2  # the floating base's offset (m, or rad for yaw) per radian of arm-joint offset
+
+
+class PlanNoise:
+    """A smooth random offset of the planned configuration (an Ornstein-Uhlenbeck process, one physics step per
+    call): standard deviation `noise` rad on each arm joint and BASE_NOISE_PER_RAD * noise on each base joint,
+    starting from zero, correlated over PLAN_NOISE_TIME."""
+
+    def __init__(self, noise: float, num_base: int, rng: np.random.Generator):
+        self.scale = noise * np.concatenate([np.full(num_base, BASE_NOISE_PER_RAD), np.ones(10)])  # base, 10 arms
+        self.decay = np.exp(-CONTROL_DT / PLAN_NOISE_TIME)
+        self.offset = np.zeros_like(self.scale)
+        self.rng = rng
+
+    def step(self) -> np.ndarray:
+        """The offset for the next physics step: (base + 10 arm joints,) in action order."""
+        fresh = self.rng.standard_normal(self.scale.shape) * self.scale
+        self.offset = self.decay * self.offset + np.sqrt(1 - self.decay**2) * fresh
+        return self.offset
+
+
 class ScriptedMotion:
     """Drives the robot through hand waypoints, one physics step (one recorded action) at a time.
 
-    step_fn(action) steps the environment (and records); the motion keeps its own commanded
-    configuration, so consecutive moves join smoothly whatever the tracking lag of the PD controllers.
+    step_fn(action, planned) steps the environment (and records): `action` is what is executed, `planned` the same
+    layout with the base as absolute targets and no noise (see the module docstring). The motion keeps its own
+    commanded configuration, so consecutive moves join smoothly whatever the tracking lag of the PD controllers.
+    noise: DART noise level (rad on the arm joints, see PlanNoise); 0 executes the plan itself.
     """
 
-    def __init__(self, env, step_fn, rng: np.random.Generator, speed_jitter: float = 0.15):
+    def __init__(self, env, step_fn, rng: np.random.Generator, speed_jitter: float = 0.15, noise: float = 0.0):
         self.env, self.step_fn, self.rng = env, step_fn, rng
         self.ik = WholeBodyIK(env)
         self.commanded = env.mojo.data.qpos.copy()  # the configuration the controllers are driven towards
-        self.sent = self.commanded  # the last configuration sent (base deltas are taken from it)
         self.gripper = np.zeros(2)  # left, right: 0 open, 1 closed
         self.speed_jitter = speed_jitter
         self.arm_qpos = [self.ik.qpos_index[j] for side in SIDES for j in self.ik.arm_joints[side]]
         self.base_qpos = [self.ik.qpos_index[j] for j in self.ik.base_joints]
+        self.sent_base = self.commanded[self.base_qpos]  # the base targets sent so far (deltas are taken from them)
+        # The noise has its own stream, seeded whatever the noise level: a seed's plan is the same with and without.
+        noise_rng = np.random.default_rng(rng.integers(2**32))
+        self.noise = PlanNoise(noise, len(self.base_qpos), noise_rng) if noise else None
 
     def hand_pose(self, side: str, site: str = "pinch") -> tuple[np.ndarray, np.ndarray]:
         """Commanded (position, rotation) of one hand's site."""
@@ -214,12 +250,17 @@ class ScriptedMotion:
             self._send(self.commanded)
 
     def _send(self, qpos: np.ndarray):
-        """One physics step towards qpos: the base as a delta from the last command, arms absolute."""
-        base_delta = qpos[self.base_qpos] - self.sent[self.base_qpos]
-        self.sent = qpos
-        action = np.concatenate([base_delta, qpos[self.arm_qpos], self.gripper])
-        space = self.env.action_space
-        self.step_fn(np.clip(action, space.low, space.high).astype(np.float32))
+        """One physics step towards qpos (plus the DART offset): the base as a delta from the last command, arms
+        absolute."""
+        planned = np.concatenate([qpos[self.base_qpos], qpos[self.arm_qpos]])  # (base + 10,) absolute targets
+        executed = planned + self.noise.step() if self.noise else planned
+        num_base, space = len(self.base_qpos), self.env.action_space
+        action = np.concatenate([executed[:num_base] - self.sent_base, executed[num_base:], self.gripper])
+        action = np.clip(action, space.low, space.high).astype(np.float32)
+        self.sent_base = self.sent_base + action[:num_base]  # where BiGym's base targets now are
+        planned = np.concatenate([planned, self.gripper])
+        planned[num_base:] = np.clip(planned[num_base:], space.low[num_base:], space.high[num_base:])
+        self.step_fn(action, planned)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -409,33 +450,45 @@ def solve_drawer_top_open(env, motion: ScriptedMotion, rng: np.random.Generator)
     motion.hold(0.3)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ScriptedTask:
-    """A task we can make scripted demos for: its solver, and what training on those demos needs from the config:
-    the base joints the solver moves, the control rate its demos still solve the task at when re-simulated, and
-    an episode with room beyond the longest demo."""
+    """A task we can make demos for: its solver, the solver's version and the task's recipe.
+
+    version: raise it whenever the solver (or ScriptedMotion, WholeBodyIK, PlanNoise) changes the motions it makes:
+    scripted demos are cached per solver version and noise level (datasets/bigym_demos.py), so old demos are not
+    reused.
+    recipe: everything training on the task's scripted demos needs from the config, so that naming the task
+    reproduces its row in benchmarks/RESULTS.md: the base joints its solver moves, the control rate its demos still
+    solve the task at when re-simulated, an episode with room beyond the longest demo, what the policy sees
+    (cameras, joint velocities), how its chunks are executed and what base action it predicts, and the DART noise
+    its demos are made with (demo_noise, rad on the arm joints; 0: the plan itself). Applied below the user's own
+    settings.
+    """
 
     solve: Callable  # (env, ScriptedMotion, numpy Generator) -> None: plans one episode's motion
-    floating_dofs: list[str]
-    control_frequency: int
-    max_episode_steps: int
-
-    def config_defaults(self) -> dict:
-        return {"floating_dofs": self.floating_dofs, "control_frequency": self.control_frequency,
-                "max_episode_steps": self.max_episode_steps}
+    version: int
+    recipe: dict
 
 
 SCRIPTED_TASKS = {  # BiGym task class name -> ScriptedTask
     # Demos about 2.5 s; 3 s episodes.
-    "ReachTarget": ScriptedTask(solve_reach_target, ["pelvis_x", "pelvis_y", "pelvis_rz"], control_frequency=25,
-                                max_episode_steps=75),
+    "ReachTarget": ScriptedTask(solve_reach_target, version=1, recipe={
+        "floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_rz"], "control_frequency": 25, "max_episode_steps": 75,
+        "cameras": ["head"], "joint_velocities": True, "base_action": "delta", "model.chunk_size": 16,
+        "temporal_ensemble": True, "demo_noise": 0.0}),
     # Demos 5-7 s; 8 s episodes.
-    "DrawerTopOpen": ScriptedTask(solve_drawer_top_open, ["pelvis_x", "pelvis_y", "pelvis_rz"], control_frequency=25,
-                                  max_episode_steps=200),
+    "DrawerTopOpen": ScriptedTask(solve_drawer_top_open, version=1, recipe={
+        "floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_rz"], "control_frequency": 25, "max_episode_steps": 200,
+        "cameras": ["head"], "joint_velocities": True, "base_action": "delta", "model.chunk_size": 16,
+        "temporal_ensemble": True, "demo_noise": 0.0}),
     # Crouches (pelvis_z). Decimated to 25 Hz, 62 of 100 demos no longer close everything; at 50 Hz all do.
-    # Demos about 9 s; 10 s episodes.
-    "DishwasherClose": ScriptedTask(solve_dishwasher_close, ["pelvis_x", "pelvis_y", "pelvis_z", "pelvis_rz"],
-                                    control_frequency=50, max_episode_steps=500),
+    # Demos about 9 s; 10 s episodes. Joint velocities out (their jumps made policies crouch 3x too fast), absolute
+    # base targets (errors do not add up) and whole 50-step chunks played open loop did best in benchmarks/RESULTS.md
+    # (third round, proprioception only: cameras=[] is the measured row; the wrist cameras are the next step).
+    "DishwasherClose": ScriptedTask(solve_dishwasher_close, version=1, recipe={
+        "floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_z", "pelvis_rz"], "control_frequency": 50,
+        "max_episode_steps": 500, "cameras": [], "joint_velocities": False, "base_action": "absolute",
+        "model.chunk_size": 50, "temporal_ensemble": False, "query_frequency": 50, "demo_noise": 0.0}),
 }
 
 
@@ -444,5 +497,4 @@ def scripted_recipe(cfg) -> tuple[str, dict]:
     task = resolve_task(cfg.env_id).__name__  # also accepts snake_case names
     if cfg.demo_source != "scripted" or task not in SCRIPTED_TASKS:
         return "", {}
-    return (f"{task} scripted-demo recipe (SCRIPTED_TASKS in datasets/bigym_solvers.py)",
-            SCRIPTED_TASKS[task].config_defaults())
+    return f"{task} scripted-demo recipe (SCRIPTED_TASKS in datasets/bigym_solvers.py)", SCRIPTED_TASKS[task].recipe

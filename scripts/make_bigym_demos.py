@@ -2,11 +2,13 @@
 
     python scripts/make_bigym_demos.py --env-id DishwasherClose --num-demos 100
     python scripts/make_bigym_demos.py --env-id ReachTarget --num-demos 100 --cache-root /data/bigym_scripted
+    python scripts/make_bigym_demos.py --env-id ReachTarget --num-demos 20 --noise 0.1   # DART recovery demos
 
 Each attempt starts from a perturbed start (seeded; robot base and arms, the task's door/drawer), the solver
 moves the robot from the simulator's state while BiGym's DemoRecorder records (500 Hz, absolute joint
-positions, floating base), and only demos BiGym's success check calls solved are kept. They land in a
-DemoStore cache (default demos/bigym_scripted), where `ACT_for_bigym.py demo_source=scripted` reads them;
+positions, floating base), and only demos BiGym's success check calls solved are kept. With --noise the robot
+is driven off the plan by DART noise while the plan is kept as the label. They land in a DemoStore cache per solver
+version and noise level (under demos/bigym_scripted), where `ACT_for_bigym.py demo_source=scripted` reads them;
 the training script also makes them itself when fewer than num_demos exist. A killed run resumes.
 """
 
@@ -30,10 +32,16 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="seed of the first attempt (then +1 per attempt)")
     parser.add_argument("--floating-dofs", nargs="+", choices=PELVIS_DOFS,
                         help="floating-base joints in the action (default: the task's recipe, as training uses)")
+    parser.add_argument("--noise", type=float,
+                        help="DART noise, rad on the arm joints (default: the task's recipe demo_noise, as training uses)")
     args = parser.parse_args()
-    floating_dofs = args.floating_dofs or SCRIPTED_TASKS[args.env_id].floating_dofs
+    recipe = SCRIPTED_TASKS[args.env_id].recipe
+    floating_dofs = args.floating_dofs or recipe["floating_dofs"]
+    noise = recipe["demo_noise"] if args.noise is None else args.noise
+    if noise < 0:
+        parser.error(f"--noise must be >= 0, got {noise}")
     make_scripted_demos(args.env_id, args.num_demos, repo_path(args.cache_root), first_seed=args.seed,
-                        floating_dofs=floating_dofs)
+                        floating_dofs=floating_dofs, noise=noise)
 
 
 if __name__ == "__main__":

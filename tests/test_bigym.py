@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from datasets.bigym_demos import (import_recorded_demos, load_bigym_demos, make_scripted_demos,  # noqa: E402
-                                  record_scripted_demo)
+                                  planned_labels, record_scripted_demo, scripted_store_root)
+from datasets.bigym_planned_demo import read_plan  # noqa: E402
 from datasets.bigym_solvers import SCRIPTED_TASKS, scripted_recipe  # noqa: E402
 from datasets.replay_buffer import ChunkDataset, compute_stats  # noqa: E402
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, BiGymEnv, make_bigym_env, resolve_task, sample_start,  # noqa: E402
@@ -87,6 +88,19 @@ def test_perturbed_starts_vary_within_bounds():
 
 def test_scripted_recipe_applies_to_scripted_demos_unless_the_user_set_the_key(capsys):
     paper, cpu = "configs/ACT_bigym_config.yaml", "configs/ACT_bigym_cpu_config.yaml"
+    for task, recipe in ((task, scripted.recipe) for task, scripted in SCRIPTED_TASKS.items()):  # the CPU config sets none of them: naming the task is enough
+        cfg = load_config(paper, cpu, [f"env_id={task}"], task_defaults=scripted_recipe)
+        for key, value in recipe.items():
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, (task, key)
+        log = capsys.readouterr().out
+        assert f"{task} scripted-demo recipe" in log and "wins" not in log
+    cfg = load_config(paper, cpu, ["env_id=DishwasherClose"], task_defaults=scripted_recipe)
+    assert (cfg.cameras, cfg.model.chunk_size, cfg.temporal_ensemble, cfg.query_frequency, cfg.base_action,
+            cfg.joint_velocities) == ([], 50, False, 50, "absolute", False)
+    assert "cameras=[]" in capsys.readouterr().out  # the log names the values applied
     cfg = load_config(paper, cpu, ["env_id=reach_target"], task_defaults=scripted_recipe)
     assert (cfg.floating_dofs, cfg.control_frequency, cfg.max_episode_steps) == (
         ["pelvis_x", "pelvis_y", "pelvis_rz"], 25, 75)
@@ -151,6 +165,83 @@ def test_import_recorded_demos(tmp_path):
     assert import_recorded_demos(tmp_path / "recorded", tmp_path / "cache") == 1
     episodes = load_bigym_demos(TASK, 1, [], IMAGE_SIZE, "absolute", 25, True, cache_root=tmp_path / "cache")
     assert len(episodes) == 1 and "images" not in episodes[0]
+
+
+def test_dart_demos_execute_noise_and_label_the_plan(tmp_path):
+    """DART: from the same seed, a noisy demo follows the same plan as a noise-free one, but the executed actions
+    (what BiGym's recorder stores and re-simulation replays) leave it, so the visited states differ; the episodes'
+    labels are the plan in both, and the noisy demo still passes BiGym's success check."""
+    from demonstrations.demo import Demo
+    from demonstrations.demo_recorder import DemoRecorder
+
+    env = make_bigym_env(TASK, [], 1, "absolute", 500, False)
+    clean, noisy = (record_scripted_demo(env, SCRIPTED_TASKS[TASK].solve, 0, DemoRecorder(), noise) for noise in (0.0, 0.05))
+    env.close()
+    assert clean is not None and noisy is not None  # noisy: solved by BiGym's check despite the noise
+    np.testing.assert_array_equal(clean.planned_targets, noisy.planned_targets)  # one plan for the seed
+    executed = {name: np.array([step.executed_action for step in demo.timesteps])
+                for name, demo in (("clean", clean), ("noisy", noisy))}
+    np.testing.assert_allclose(executed["clean"][:, 3:], clean.planned_targets[:, 3:], atol=1e-6)  # arms, grippers
+    arm_offset = executed["noisy"][:, 3:13] - noisy.planned_targets[:, 3:13]
+    assert 0.015 < arm_offset.std() < 0.1  # the noise (std 0.05 rad, starting from zero) is what was executed
+
+    # Saved and loaded back: the file is BiGym's (its own loader reads the executed actions) and carries the plan
+    # and how it was made.
+    for noise, name, demo in ((0.0, "clean", clean), (0.05, "noisy", noisy)):
+        path = demo.save(tmp_path / f"{name}.safetensors")
+        loaded = Demo.from_safetensors(path)
+        np.testing.assert_array_equal([step.executed_action for step in loaded.timesteps], executed[name])
+        planned, provenance = read_plan(path)
+        np.testing.assert_array_equal(planned, demo.planned_targets)
+        assert provenance == {"solver": "solve_reach_target", "solver_version": SCRIPTED_TASKS[TASK].version, "noise": noise}
+
+    # Without noise the plan's labels are BiGym's own decimation of the executed actions (base as targets).
+    from demonstrations.demo_converter import DemoConverter
+
+    decimated = np.array([step.executed_action for step in DemoConverter.decimate(clean, 25).timesteps])
+    labels = planned_labels(clean.planned_targets, 25, num_base=3)
+    assert labels.shape == decimated.shape
+    np.testing.assert_allclose(labels[:, 3:], decimated[:, 3:], atol=1e-5)
+    start_base = clean.planned_targets[0, :3] - executed["clean"][0, :3]
+    np.testing.assert_allclose(labels[:, :3], start_base + np.cumsum(decimated[:, :3], axis=0), atol=1e-5)
+
+
+def test_dart_episodes_visit_other_states_with_the_same_labels(tmp_path):
+    """Re-simulated at 25 Hz: noisy and noise-free demos of a seed give the same labels (absolute targets) in
+    different states."""
+    kwargs = dict(task=TASK, num_demos=1, cameras=[], image_size=1, action_mode="absolute", control_frequency=25,
+                  fast_rendering=True, cache_root=tmp_path, demo_source="scripted", base_action="absolute")
+    clean, noisy = (load_bigym_demos(**kwargs, demo_noise=noise)[0] for noise in (0.0, 0.05))
+    assert clean["actions"].shape == noisy["actions"].shape
+    np.testing.assert_allclose(clean["actions"], noisy["actions"], atol=1e-5)
+    assert np.abs(clean["state"][5:, :29] - noisy["state"][5:, :29]).max() > 0.03  # joint positions, rad
+
+
+def test_scripted_demo_cache_is_keyed_by_solver_version_and_noise(tmp_path, monkeypatch):
+    """Demos made with another noise level or solver version are never reused; a file that was made otherwise
+    than asked for is refused by name."""
+    assert make_scripted_demos(TASK, 1, tmp_path, noise=0.0)["attempted"] == 1
+    assert make_scripted_demos(TASK, 1, tmp_path, noise=0.0)["attempted"] == 0  # the same: reused
+    assert make_scripted_demos(TASK, 1, tmp_path, noise=0.05)["attempted"] >= 1
+    version = SCRIPTED_TASKS[TASK].version
+    monkeypatch.setattr(SCRIPTED_TASKS[TASK], "version", version + 1)
+    assert make_scripted_demos(TASK, 1, tmp_path, noise=0.0)["attempted"] >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{TASK}_solver-v{version}_noise-0", f"{TASK}_solver-v{version}_noise-0.05", f"{TASK}_solver-v{version + 1}_noise-0"]
+    # A demo of the old solver copied by hand into the current solver's store: its own record says what it is.
+    current = next(scripted_store_root(tmp_path, TASK, 0.0).rglob("*.safetensors"))
+    stale = next((tmp_path / f"{TASK}_solver-v{version}_noise-0").rglob("*.safetensors"))
+    (current.parent / stale.name).write_bytes(stale.read_bytes())
+    with pytest.raises(UserInputError, match=f"'solver_version': {version}, 'noise': 0.0.*remove it"):
+        load_bigym_demos(TASK, 2, [], 1, "absolute", 25, True, cache_root=tmp_path, demo_source="scripted")
+
+
+def test_demo_noise_needs_scripted_absolute_demos(tmp_path):
+    with pytest.raises(UserInputError, match="demo_noise=0.1 needs action_mode=absolute"):
+        load_bigym_demos(TASK, 1, [], 1, "delta", 25, True, cache_root=tmp_path, demo_source="scripted", demo_noise=0.1)
+    with pytest.raises(UserInputError, match="demo_noise=0.1 applies to scripted demos only"):
+        load_bigym_demos(TASK, 1, [], 1, "absolute", 25, True, cache_root=tmp_path, demo_noise=0.1)
+    assert not any(tmp_path.iterdir())
 
 
 def test_scripted_demos_resume(tmp_path):

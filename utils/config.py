@@ -144,7 +144,8 @@ VALUE_RULES = [
         "warmup_iters", "kl_warmup_iters", "num_workers", "num_eval_episodes", "num_video_episodes",
         "keep_checkpoints", "model.num_style_encoder_layers")],
     *[(key, lambda v: v > 0, "a number > 0") for key in ("lr", "grad_clip")],
-    *[(key, lambda v: v >= 0, "a number >= 0") for key in ("lr_backbone", "weight_decay", "model.kl_weight")],
+    *[(key, lambda v: v >= 0, "a number >= 0") for key in (
+        "lr_backbone", "weight_decay", "model.kl_weight", "demo_noise")],
     *[(key, lambda v: 0 <= v < 1, "a fraction in [0, 1)") for key in ("val_fraction", "ema_decay", "model.dropout")],
     ("num_demos", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),
     ("mode", lambda v: v in ("train", "eval"), "'train' or 'eval'"),

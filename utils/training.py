@@ -492,8 +492,22 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
                 bar.write(posterior_collapse_note(step, metrics))
                 collapse_reported = True
 
-        # 5. Checkpoints, before the evaluation (a run killed while it evaluates loses no training): iter_<n>.pt
-        #    and last.pt; only the newest keep_checkpoints iter_<n>.pt stay.
+        # 5. Evaluate in the simulator.
+        evaluated = cfg.num_eval_episodes > 0 and (step % cfg.eval_frequency == 0 or last)
+        if evaluated:
+            env = env or make_env(cfg.num_eval_envs)
+            metrics.update(run_simulator_eval(cfg, run, eval_policy, env, step, prefix=f"iter{step:07d}_"))
+
+        # 6. best.pt when best_metric was just measured and beat its best.
+        if evaluated or (validated and best_metric == "val/l1"):
+            score = -metrics["val/l1"] if best_metric == "val/l1" else metrics[best_metric]
+            if score > best_score:
+                best_score = score
+                save_training_checkpoint(run.ckpt_dir / "best.pt", cfg, run, data, policy, ema, optimizer, step,
+                                         {"metric": best_metric, "score": best_score})
+
+        # 7. Checkpoints: iter_<n>.pt and last.pt (only the newest keep_checkpoints iter_<n>.pt stay), after this
+        #    step's evaluation, so a resumed run starts from a step whose metrics are all logged.
         if step % cfg.save_frequency == 0 or last:
             for name in (f"iter_{step:07d}.pt", "last.pt"):
                 save_training_checkpoint(run.ckpt_dir / name, cfg, run, data, policy, ema, optimizer, step,
@@ -501,20 +515,6 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
             if distributed.is_main:
                 prune_checkpoints(run.ckpt_dir, cfg.keep_checkpoints, step)
             run.logger.plot_curves()
-
-        # 6. Evaluate in the simulator.
-        evaluated = cfg.num_eval_episodes > 0 and (step % cfg.eval_frequency == 0 or last)
-        if evaluated:
-            env = env or make_env(cfg.num_eval_envs)
-            metrics.update(run_simulator_eval(cfg, run, eval_policy, env, step, prefix=f"iter{step:07d}_"))
-
-        # 7. best.pt when best_metric was just measured and beat its best.
-        if evaluated or (validated and best_metric == "val/l1"):
-            score = -metrics["val/l1"] if best_metric == "val/l1" else metrics[best_metric]
-            if score > best_score:
-                best_score = score
-                save_training_checkpoint(run.ckpt_dir / "best.pt", cfg, run, data, policy, ema, optimizer, step,
-                                         {"metric": best_metric, "score": best_score})
     bar.close()
     if env is not None:
         env.close()

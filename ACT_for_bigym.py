@@ -65,7 +65,6 @@ def main():
     with main_process_first(distributed):  # under torchrun rank 0 makes missing demos and caches first
         episodes = load_episodes(cfg)
     data = prepare_data(cfg, episodes, action_type=cfg.action_mode)
-    del episodes  # the replay buffer now holds the only copy of the demos (images stay uint8)
 
     # 3. Model: the ACT policy, sized by cfg.model, carrying the statistics.
     policy = build_policy(cfg, data.shape_meta, data.stats, checkpoint)

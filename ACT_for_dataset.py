@@ -51,7 +51,6 @@ def main():
     episodes = load_episodes(cfg)
     run = start_run(cfg, checkpoint, distributed, task=repo_path(cfg.data.path).name)
     data = prepare_data(cfg, episodes, cfg.data.action_type)
-    del episodes  # the replay buffers hold the images now (datasets/replay_buffer.py)
     if cfg.mode == "eval":
         if data.val_set is None:
             raise UserInputError("mode=eval reports the validation L1 and needs val_fraction > 0")

@@ -47,7 +47,7 @@ def detect_format(folder: Path, requested: str = "auto") -> str:
 def resize_frames(frames: np.ndarray, size) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, 3, h, w) uint8 at size = [h, w] (None keeps H, W).
 
-    The one resize of the project: load_own_episodes uses it on recorded frames and utils/deploy.py on live
+    The one resize of recorded datasets: load_own_episodes uses it on recorded frames and utils/deploy.py on live
     camera frames, so the policy sees the same pixels at deployment as in training. INTER_AREA averages the pixels
     a target pixel covers (no aliasing when shrinking).
     """

@@ -30,12 +30,13 @@ def load_episodes(cfg):
     if not path.exists():
         print(f"[demos] {path} not found: generating {cfg.num_demos} demonstrations with ManiSkill's motion planner")
         generate_demos(cfg.env_id, cfg.num_demos, cfg.obs_mode, cfg.control_mode, path)
-    return load_maniskill_demos(path, cfg.num_demos, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.image_size)
+    return load_maniskill_demos(path, cfg.num_demos, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.image_size,
+                                cfg.image_crop)
 
 
 def make_env(cfg, num_envs: int) -> ManiSkillEnv:
     return ManiSkillEnv(cfg.env_id, num_envs, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.max_episode_steps,
-                        cfg.sim_backend, cfg.render_backend, cfg.image_size)
+                        cfg.sim_backend, cfg.render_backend, cfg.image_size, cfg.image_crop)
 
 
 def main():

@@ -248,10 +248,11 @@ def demo_metadata(path: Path) -> dict:
 
 
 def load_maniskill_demos(path, num_demos: int, obs_mode: str, control_mode: str,
-                         cameras: list[str] | None = None, image_size: int | None = None) -> list[dict]:
+                         cameras: list[str] | None = None, image_size: int | None = None,
+                         image_crop: list[int] | None = None) -> list[dict]:
     """Read the first num_demos (-1: all) episodes of a ManiSkill trajectory file and check it matches the config.
-    Camera images are resized to image_size one episode at a time (None: as recorded), exactly as the environment
-    adapter resizes them.
+    Camera images are cropped and resized one episode at a time (None: as recorded), exactly as the environment
+    adapter does it.
 
     Returns a list of {"state": (T, S) float32, "actions": (T, A) float32[, "images": (T, N, C, H, W) uint8]}.
     The observation after the last action is dropped, so every state is paired with the action taken.
@@ -280,7 +281,7 @@ def load_maniskill_demos(path, num_demos: int, obs_mode: str, control_mode: str,
                 else:
                     state = maniskill_state_vector({k: obs[k] for k in ("agent", "extra")})[: len(actions)]
                     images = maniskill_camera_images(obs["sensor_data"], cameras, use_depth=obs_mode == "rgbd",
-                                                     image_size=image_size)
+                                                     image_size=image_size, image_crop=image_crop)
                     episode = {"state": state, "actions": actions, "images": images[: len(actions)]}
                 episodes.append(episode)
     except OSError as exc:

@@ -94,10 +94,20 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     return resized.round_().to(torch.uint8).reshape(*images.shape[:-2], size, size).numpy()
 
 
-def maniskill_camera_images(sensor_data, cameras: list[str], use_depth: bool, image_size: int | None = None
-                            ) -> np.ndarray:
-    """(T, N, C, H, W) uint8 images of the given cameras, resized to image_size x image_size when given (None:
-    the camera's own resolution); depth (mm, int16) becomes a 4th channel in uint8."""
+def crop_images(images: np.ndarray, crop: list[int]) -> np.ndarray:
+    """(..., C, H, W) -> (..., C, height, width): the window [top, left, height, width] of every image."""
+    top, left, height, width = crop
+    if top < 0 or left < 0 or top + height > images.shape[-2] or left + width > images.shape[-1]:
+        raise UserInputError(f"image_crop {list(crop)} = [top, left, height, width] does not fit in the "
+                             f"{images.shape[-2]}x{images.shape[-1]} camera images")
+    return images[..., top:top + height, left:left + width]
+
+
+def maniskill_camera_images(sensor_data, cameras: list[str], use_depth: bool, image_size: int | None = None,
+                            image_crop: list[int] | None = None) -> np.ndarray:
+    """(T, N, C, H, W) uint8 images of the given cameras: cut to image_crop [top, left, height, width] when given,
+    then resized to image_size x image_size when given (None: as they are); depth (mm, int16) becomes a 4th
+    channel in uint8. Demos and rollouts both come through here, so the policy sees the same view in both."""
     per_camera = []
     for name in cameras:
         frames = np.asarray(sensor_data[name]["rgb"])  # (T, H, W, 3) uint8
@@ -107,6 +117,8 @@ def maniskill_camera_images(sensor_data, cameras: list[str], use_depth: bool, im
             frames = np.concatenate([frames, np.clip(depth / 10.0, 0, 255).astype(np.uint8)], axis=-1)
         per_camera.append(frames.transpose(0, 3, 1, 2))  # (T, C, H, W)
     images = np.stack(per_camera, axis=1)  # (T, N, C, H, W)
+    if image_crop:
+        images = crop_images(images, image_crop)
     return resize_images(images, image_size) if image_size else images
 
 
@@ -121,9 +133,9 @@ def _make_single_cpu_env(env_kwargs: dict):
 class ManiSkillEnv(RobotEnv):
     def __init__(self, env_id: str, num_envs: int, obs_mode: str, control_mode: str, cameras: list[str],
                  max_episode_steps: int, sim_backend: str = "auto", render_backend: str = "auto",
-                 image_size: int | None = None):
+                 image_size: int | None = None, image_crop: list[int] | None = None):
         check_env_id(env_id)
-        self.image_size = image_size
+        self.image_size, self.image_crop = image_size, image_crop
         self.sim_backend, self.render_backend = resolve_backends(sim_backend, render_backend)
         self.num_envs, self.obs_mode, self.cameras = num_envs, obs_mode, cameras
         self.max_episode_steps = max_episode_steps
@@ -148,7 +160,7 @@ class ManiSkillEnv(RobotEnv):
         if self.obs_mode == "state":
             return {"state": np.asarray(obs, dtype=np.float32)}
         images = maniskill_camera_images(obs["sensor_data"], self.cameras, use_depth=self.obs_mode == "rgbd",
-                                         image_size=self.image_size)
+                                         image_size=self.image_size, image_crop=self.image_crop)
         return {"state": maniskill_state_vector({k: obs[k] for k in ("agent", "extra")}), "images": images}
 
     def reset(self, seed: int) -> dict:

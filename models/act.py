@@ -41,7 +41,7 @@ Shape legend used in the comments:
     B  batch size             K  chunk_size (number of predicted future actions)
     S  proprioception size    A  action size
     N  number of cameras (x stacked frames)                 C  image channels (3 for RGB, 4 with depth)
-    H, W  image size          h, w  backbone feature map size (H/32, W/32)
+    H, W  image size          h, w  backbone feature map size (H/32, W/32; H/16, W/16 with 3 stages)
     D  d_model                L  latent (style variable) size
     T  number of tokens       F  dim_feedforward
 """
@@ -225,11 +225,17 @@ def load_imagenet_resnet18_weights(weights_path: str | None) -> dict | None:
 
 
 class ResNet18Backbone(nn.Module):
-    """ResNet18 trunk without avgpool/fc: (B, C, H, W) uint8-range floats -> (B, 512, H/32, W/32)."""
+    """ResNet18 trunk without avgpool/fc: (B, C, H, W) uint8-range floats -> (B, 512, H/32, W/32).
+
+    stages=3 stops after layer3: (B, 256, H/16, W/16), a feature grid twice as fine in each direction (and fewer
+    FLOPs) for small images, where the full trunk leaves a 2x2 grid that cannot say where a small object is.
+    """
 
     def __init__(self, in_channels: int, pretrained: bool, weights_path: str | None = None,
-                 frozen_batchnorm: bool | None = None):
+                 frozen_batchnorm: bool | None = None, stages: int = 4):
         super().__init__()
+        if stages not in (3, 4):
+            raise ValueError(f"model.backbone_stages must be 3 or 4, got {stages!r}")
         state_dict = load_imagenet_resnet18_weights(weights_path) if pretrained else None
         # Pretrained weights come with ImageNet batch statistics worth keeping fixed (small, correlated
         # batches would wreck them); a randomly initialised trunk needs ordinary BatchNorm to train.
@@ -245,7 +251,9 @@ class ResNet18Backbone(nn.Module):
             resnet.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
             resnet.conv1.weight.data[:, :3] = rgb_filters
             resnet.conv1.weight.data[:, 3:] = rgb_filters.mean(dim=1, keepdim=True)
-        self.trunk = nn.Sequential(*list(resnet.children())[:-2])
+        # children: conv1, bn1, relu, maxpool, layer1..layer4, avgpool, fc
+        self.trunk = nn.Sequential(*list(resnet.children())[:4 + stages])
+        self.out_channels = 512 if stages == 4 else 256
         mean = list(IMAGENET_MEAN) + [0.5] * (in_channels - 3)
         std = list(IMAGENET_STD) + [0.5] * (in_channels - 3)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
@@ -285,6 +293,7 @@ class ACT(nn.Module):
         pretrained_backbone: bool = True,
         pretrained_weights_path: str | None = None,
         frozen_batchnorm: bool | None = None,
+        backbone_stages: int = 4,
     ):
         super().__init__()
         self.chunk_size, self.latent_dim, self.use_cvae = chunk_size, latent_dim, use_cvae
@@ -304,8 +313,9 @@ class ACT(nn.Module):
         self.state_proj = nn.Linear(state_dim, d_model)
         self.token_pos = nn.Embedding(2, d_model)  # learned positions of the [z, proprio] tokens
         if num_cameras > 0:
-            self.backbone = ResNet18Backbone(image_channels, pretrained_backbone, pretrained_weights_path, frozen_batchnorm)
-            self.feature_proj = nn.Conv2d(512, d_model, kernel_size=1)
+            self.backbone = ResNet18Backbone(image_channels, pretrained_backbone, pretrained_weights_path,
+                                             frozen_batchnorm, backbone_stages)
+            self.feature_proj = nn.Conv2d(self.backbone.out_channels, d_model, kernel_size=1)
             # Every camera gets the same 2D sine code, and attention is blind to the order of its keys: without an
             # embedding of its own, which camera (or which stacked frame) a token came from would be lost.
             self.camera_embed = nn.Embedding(num_cameras, d_model)
@@ -344,7 +354,7 @@ class ACT(nn.Module):
     def encode_images(self, images):
         """(B, N, C, H, W) -> tokens (B, N*h*w, D) and their positions (1, N*h*w, D)."""
         batch, num_cams = images.shape[:2]
-        # All cameras share one backbone pass: (B*N, C, H, W) -> (B*N, 512, h, w). On CPU this beats a pass
+        # All cameras share one backbone pass: (B*N, C, H, W) -> (B*N, 512, h, w) (256 with backbone_stages=3). On CPU this beats a pass
         # per camera at batch 16 and 64 alike, provided freed memory is reused (utils.allocator.reuse_freed_memory):
         # otherwise every activation over 32 MiB is freshly page-faulted each step and large batches lose.
         features = self.feature_proj(self.backbone(images.flatten(0, 1)))  # (B*N, D, h, w)

@@ -1,14 +1,18 @@
-"""What a camera policy sees: resized images, the camera-mode state vector, and the random-shift augmentation."""
+"""What a camera policy sees: cropped and resized images, the camera-mode state vector, the random-shift
+augmentation, and the backbone's feature grid."""
 
 import json
 
 import h5py
 import numpy as np
 import torch
+import pytest
 import torch.nn.functional as F
 
 from datasets.maniskill_demos import load_maniskill_demos
-from env.maniskill_env import ManiSkillEnv, resize_images
+from env.errors import UserInputError
+from env.maniskill_env import ManiSkillEnv, crop_images, resize_images
+from models.act import ResNet18Backbone
 from models.policy import random_shift
 
 
@@ -60,3 +64,39 @@ def test_camera_state_is_proprioception_and_goal_only_in_demos_and_rollouts(pick
     assert first["images"].shape == (1, 1, 3, 64, 64)
     # The same scene rendered again: the images agree up to renderer noise.
     assert np.abs(first["images"][0].astype(int) - episode["images"][0].astype(int)).mean() < 2.0
+
+
+def test_crop_then_resize_is_the_same_view_in_demos_and_rollouts(pickcube_rgb_demos):
+    crop = [32, 24, 80, 80]  # [top, left, height, width] of the 128x128 base camera
+    episode = load_maniskill_demos(pickcube_rgb_demos, 1, "rgb", "pd_ee_delta_pos", ["base_camera"], image_size=40,
+                                   image_crop=crop)[0]
+    with h5py.File(pickcube_rgb_demos, "r") as h5:
+        raw = h5["traj_0"]["obs"]["sensor_data"]["base_camera"]["rgb"][0]  # (128, 128, 3)
+    expected = resize_images(raw.transpose(2, 0, 1)[None, :, 32:112, 24:104].copy(), 40)  # (1, 3, 40, 40)
+    np.testing.assert_array_equal(episode["images"][0], expected)
+
+    seed = json.loads(pickcube_rgb_demos.with_suffix(".json").read_text())["episodes"][0]["episode_seed"]
+    env = ManiSkillEnv("PickCube-v1", 1, "rgb", "pd_ee_delta_pos", ["base_camera"], max_episode_steps=5,
+                       image_size=40, image_crop=crop)
+    first = env.reset(seed=seed)
+    env.close()
+    assert first["images"].shape == (1, 1, 3, 40, 40)
+    assert np.abs(first["images"][0].astype(int) - episode["images"][0].astype(int)).mean() < 2.0
+
+    with pytest.raises(UserInputError, match=r"image_crop \[100, 0, 40, 40\].*128x128"):
+        crop_images(raw.transpose(2, 0, 1)[None], [100, 0, 40, 40])
+
+
+def test_three_stage_backbone_is_the_full_trunk_stopped_after_layer3():
+    torch.manual_seed(0)
+    full = ResNet18Backbone(3, pretrained=False, frozen_batchnorm=False, stages=4).eval()
+    three = ResNet18Backbone(3, pretrained=False, frozen_batchnorm=False, stages=3).eval()
+    three.load_state_dict(full.state_dict(), strict=False)  # the same weights for the stages both have
+    images = torch.rand(2, 3, 80, 80) * 255
+    with torch.no_grad():
+        features = three(images)
+        normalised = (images / 255.0 - full.pixel_mean) / full.pixel_std
+        after_layer3 = full.trunk[:7](normalised)
+    assert features.shape == (2, 256, 5, 5) and three.out_channels == 256  # 80/16: a 5x5 grid
+    assert full(images).shape == (2, 512, 3, 3)  # the paper's trunk: 80/32 rounds up to a 3x3 grid
+    torch.testing.assert_close(features, after_layer3)

@@ -167,6 +167,7 @@ def build_policy(cfg: Config, shape_meta: dict, stats: dict, checkpoint: dict | 
         num_style_encoder_layers=m.num_style_encoder_layers, dropout=m.dropout, latent_dim=m.latent_dim,
         use_cvae=m.use_cvae, pretrained_backbone=m.pretrained_backbone and checkpoint is None,
         pretrained_weights_path=m.pretrained_weights_path, frozen_batchnorm=frozen_batchnorm,
+        backbone_stages=m.backbone_stages,
     )
     policy = ACTPolicy(model, stats, m.kl_weight, cpu_fast_paths=m.cpu_fast_paths, random_shift=m.random_shift)
     print(f"[model] ACT with {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M parameters; "

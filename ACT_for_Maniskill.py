@@ -15,7 +15,6 @@ held-out demos, success rate in the simulator, checkpoints, videos) -> final eva
 from datasets.maniskill_demos import default_demo_path, generate_demos, load_maniskill_demos, task_recipe
 from datasets.replay_buffer import infer_action_type
 from env.maniskill_env import ManiSkillEnv, check_cameras, check_env_id
-from utils.allocator import reuse_freed_memory
 from utils.config import parse_args, repo_path, run_main
 from utils.distributed import init_distributed, main_process_first
 from utils.training import build_policy, evaluate_checkpoint, final_summary, prepare_data, start_run, train
@@ -48,8 +47,6 @@ def main():
     cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__, task_defaults=task_recipe)
     check_env_id(cfg.env_id)
     check_cameras(cfg.env_id, cfg.obs_mode, cfg.cameras)  # before any demo is made
-    # CPU training steps run faster when glibc keeps freed memory for reuse (process-wide; utils/allocator.py).
-    reuse_freed_memory()
     run = start_run(cfg, checkpoint, distributed)
     if cfg.mode == "eval":
         evaluate_checkpoint(cfg, run, lambda n: make_env(cfg, n))

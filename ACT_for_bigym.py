@@ -19,7 +19,6 @@ checkpoints, videos) -> final evaluation.
 from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, load_bigym_demos
 from datasets.bigym_solvers import scripted_recipe
 from env.bigym_env import BiGymEnv, resolve_task
-from utils.allocator import reuse_freed_memory
 from utils.config import parse_args, repo_path, run_main
 from utils.distributed import init_distributed, main_process_first
 from utils.training import build_policy, evaluate_checkpoint, final_summary, prepare_data, start_run, train
@@ -54,8 +53,6 @@ def main():
     #    checkpoint's own config).
     cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__, task_defaults=scripted_recipe)
     resolve_task(cfg.env_id)
-    # CPU training steps run faster when glibc keeps freed memory for reuse (process-wide; utils/allocator.py).
-    reuse_freed_memory()
     run = start_run(cfg, checkpoint, distributed)
     if cfg.mode == "eval":
         evaluate_checkpoint(cfg, run, lambda n: make_env(cfg, n))

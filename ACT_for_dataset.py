@@ -14,7 +14,6 @@ policy's L1 picks best.pt; checkpoints, curves) -> run the checkpoint on the rob
 
 from datasets.own_data import detect_format, load_own_episodes
 from env.errors import UserInputError
-from utils.allocator import reuse_freed_memory
 from utils.config import parse_args, repo_path, run_main
 from utils.distributed import init_distributed
 from utils.training import build_policy, final_summary, policy_from_checkpoint, prepare_data, start_run, train, validate
@@ -45,7 +44,6 @@ def main():
     # 1. Config: YAML + key=value overrides; resume / eval start from the checkpoint's own config.
     cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__)
     cfg.num_eval_episodes = 0  # the shared loop's simulator switch: there is none, best.pt follows val/l1
-    reuse_freed_memory()
 
     # 2. Data, read and checked before anything is written: a bad file stops here with one line.
     episodes = load_episodes(cfg)

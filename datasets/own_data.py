@@ -16,11 +16,11 @@ The result is the replay buffer's episode format (datasets/replay_buffer.py):
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from datasets import aloha_hdf5, lerobot_v3
 from env.errors import UserInputError, did_you_mean
+from env.images import resize_frames
 
 FORMATS = ("aloha_hdf5", "lerobot")
 
@@ -42,20 +42,6 @@ def detect_format(folder: Path, requested: str = "auto") -> str:
     what = f"it holds {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}" if found else "it is empty"
     raise UserInputError(f"{folder}: no episode_<i>.hdf5 files (ALOHA layout) and no meta/info.json (LeRobot "
                          f"v3.0), {what}; expected one of the two (or set data.format)")
-
-
-def resize_frames(frames: np.ndarray, size) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, 3, h, w) uint8 at size = [h, w] (None keeps H, W).
-
-    The one resize of recorded datasets: load_own_episodes uses it on recorded frames and utils/deploy.py on live
-    camera frames, so the policy sees the same pixels at deployment as in training. INTER_AREA averages the pixels
-    a target pixel covers (no aliasing when shrinking).
-    """
-    height, width = frames.shape[1:3]
-    if size is not None and (height, width) != tuple(size):
-        interpolation = cv2.INTER_AREA if size[0] < height else cv2.INTER_LINEAR
-        frames = np.stack([cv2.resize(frame, (size[1], size[0]), interpolation=interpolation) for frame in frames])
-    return np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
 
 
 def check_finite(values: np.ndarray, source: str, key: str):
@@ -160,8 +146,10 @@ def load_own_episodes(folder, data_format: str, state_keys: list[str], action_ke
         _check_memory(num_frames, len(cameras), height, width, folder)
         for episode in episodes:
             episode["images"] = np.empty((len(episode["actions"]), len(cameras), 3, height, width), np.uint8)
-        # Frames arrive in blocks (a few steps of one camera of one episode) and are resized on arrival.
+        # Frames arrive in blocks (a few steps of one camera of one episode) and are resized on arrival
+        # (env/images.py: the same resize utils/deploy.py applies to live camera frames).
         for index, camera, first_step, frames in reader.read_frames(folder, episodes, cameras):
-            episodes[index]["images"][first_step:first_step + len(frames), camera] = resize_frames(frames, (height, width))
+            resized = resize_frames(frames, (height, width))  # (n, h, w, 3)
+            episodes[index]["images"][first_step:first_step + len(frames), camera] = resized.transpose(0, 3, 1, 2)
     return [{key: episode[key] for key in ("state", "actions", "images") if key in episode}
             for episode in episodes], cameras

@@ -19,9 +19,9 @@ every core and the policy still sees one batch.
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from env.errors import UserInputError, did_you_mean
+from env.images import crop_frames, resize_frames
 from env.protocol import RobotEnv
 
 
@@ -84,30 +84,11 @@ def maniskill_state_vector(obs: dict) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """(..., C, H, W) uint8 -> (..., C, size, size) uint8 by area averaging: every camera pixel contributes, so
-    small objects do not flicker in and out as they would when every k-th pixel is picked."""
-    if images.shape[-2:] == (size, size):
-        return images
-    flat = torch.from_numpy(images).reshape(-1, *images.shape[-3:]).float()  # (T*N, C, H, W)
-    resized = F.interpolate(flat, size=(size, size), mode="area")
-    return resized.round_().to(torch.uint8).reshape(*images.shape[:-2], size, size).numpy()
-
-
-def crop_images(images: np.ndarray, crop: list[int]) -> np.ndarray:
-    """(..., C, H, W) -> (..., C, height, width): the window [top, left, height, width] of every image."""
-    top, left, height, width = crop
-    if top < 0 or left < 0 or top + height > images.shape[-2] or left + width > images.shape[-1]:
-        raise UserInputError(f"image_crop {list(crop)} = [top, left, height, width] does not fit in the "
-                             f"{images.shape[-2]}x{images.shape[-1]} camera images")
-    return images[..., top:top + height, left:left + width]
-
-
 def maniskill_camera_images(sensor_data, cameras: list[str], use_depth: bool, image_size: int | None = None,
                             image_crop: list[int] | None = None) -> np.ndarray:
     """(T, N, C, H, W) uint8 images of the given cameras: cut to image_crop [top, left, height, width] when given,
-    then resized to image_size x image_size when given (None: as they are); depth (mm, int16) becomes a 4th
-    channel in uint8. Demos and rollouts both come through here, so the policy sees the same view in both."""
+    then resized to image_size x image_size when given (None: as they are; both in env/images.py); depth (mm,
+    int16) becomes a 4th channel in uint8. Demos and rollouts both come through here: the same view in both."""
     per_camera = []
     for name in cameras:
         frames = np.asarray(sensor_data[name]["rgb"])  # (T, H, W, 3) uint8
@@ -115,11 +96,12 @@ def maniskill_camera_images(sensor_data, cameras: list[str], use_depth: bool, im
             # Depth in mm; 0..2.55 m mapped to 0..255 so it rides along as a uint8 image channel.
             depth = np.asarray(sensor_data[name]["depth"]).astype(np.float32)  # (T, H, W, 1)
             frames = np.concatenate([frames, np.clip(depth / 10.0, 0, 255).astype(np.uint8)], axis=-1)
-        per_camera.append(frames.transpose(0, 3, 1, 2))  # (T, C, H, W)
-    images = np.stack(per_camera, axis=1)  # (T, N, C, H, W)
-    if image_crop:
-        images = crop_images(images, image_crop)
-    return resize_images(images, image_size) if image_size else images
+        if image_crop:
+            frames = crop_frames(frames, image_crop)
+        if image_size:
+            frames = resize_frames(frames, (image_size, image_size))
+        per_camera.append(frames.transpose(0, 3, 1, 2))  # (T, C, h, w)
+    return np.stack(per_camera, axis=1)  # (T, N, C, h, w)
 
 
 def _make_single_cpu_env(env_kwargs: dict):

@@ -11,18 +11,19 @@ import torch.nn.functional as F
 
 from datasets.maniskill_demos import load_maniskill_demos
 from env.errors import UserInputError
-from env.maniskill_env import ManiSkillEnv, crop_images, resize_images
+from env.images import crop_frames, resize_frames
+from env.maniskill_env import ManiSkillEnv
 from models.act import ResNet18Backbone
 from models.policy import random_shift
 
 
 def test_resize_by_two_is_the_mean_of_each_2x2_block():
-    images = np.random.default_rng(0).integers(0, 256, (3, 2, 3, 8, 8), dtype=np.uint8)
-    blocks = images.reshape(3, 2, 3, 4, 2, 4, 2).astype(np.float64).mean(axis=(4, 6))
-    resized = resize_images(images, 4)
-    assert resized.dtype == np.uint8 and resized.shape == (3, 2, 3, 4, 4)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 2, 8, 8, 4), dtype=np.uint8)  # (T, N, H, W, C)
+    blocks = frames.reshape(3, 2, 4, 2, 4, 2, 4).astype(np.float64).mean(axis=(3, 5))
+    resized = resize_frames(frames, (4, 4))
+    assert resized.dtype == np.uint8 and resized.shape == (3, 2, 4, 4, 4)
     assert np.abs(resized.astype(np.float64) - blocks).max() <= 0.5  # rounded to the nearest integer
-    assert resize_images(images, 8) is images  # already the size: untouched
+    assert resize_frames(frames, (8, 8)) is frames and resize_frames(frames, None) is frames  # untouched
 
 
 def test_random_shift_is_a_crop_of_the_edge_padded_image_with_its_own_offset_per_image():
@@ -72,7 +73,7 @@ def test_crop_then_resize_is_the_same_view_in_demos_and_rollouts(pickcube_rgb_de
                                    image_crop=crop)[0]
     with h5py.File(pickcube_rgb_demos, "r") as h5:
         raw = h5["traj_0"]["obs"]["sensor_data"]["base_camera"]["rgb"][0]  # (128, 128, 3)
-    expected = resize_images(raw.transpose(2, 0, 1)[None, :, 32:112, 24:104].copy(), 40)  # (1, 3, 40, 40)
+    expected = resize_frames(raw[None, 32:112, 24:104], (40, 40)).transpose(0, 3, 1, 2)  # (1, 3, 40, 40)
     np.testing.assert_array_equal(episode["images"][0], expected)
 
     seed = json.loads(pickcube_rgb_demos.with_suffix(".json").read_text())["episodes"][0]["episode_seed"]
@@ -84,7 +85,7 @@ def test_crop_then_resize_is_the_same_view_in_demos_and_rollouts(pickcube_rgb_de
     assert np.abs(first["images"][0].astype(int) - episode["images"][0].astype(int)).mean() < 2.0
 
     with pytest.raises(UserInputError, match=r"image_crop \[100, 0, 40, 40\].*128x128"):
-        crop_images(raw.transpose(2, 0, 1)[None], [100, 0, 40, 40])
+        crop_frames(raw[None], [100, 0, 40, 40])
 
 
 def test_three_stage_backbone_is_the_full_trunk_stopped_after_layer3():

@@ -16,8 +16,9 @@ import torch
 from lerobot_dataset_writer import STATE_DIM, frame
 
 from datasets.aloha_hdf5 import write_episode
-from datasets.own_data import detect_format, load_own_episodes, resize_frames
+from datasets.own_data import detect_format, load_own_episodes
 from env.errors import UserInputError
+from env.images import resize_frames
 from utils.config import REPO_ROOT
 from utils.deploy import DeployedPolicy
 
@@ -67,7 +68,8 @@ def test_aloha_reader_resizes_raw_frames_exactly_and_jpeg_rows_closely(tmp_path)
     assert cameras == sorted(CAMERAS)
     for episode, (from_raw, from_jpeg) in enumerate(zip(raw_episodes, jpeg_episodes)):
         recorded = aloha_frames(episode, 24 + episode)
-        expected = np.stack([resize_frames(recorded[name], (32, 40)) for name in cameras], axis=1)  # (T, N, 3, h, w)
+        expected = np.stack([resize_frames(recorded[name], (32, 40)) for name in cameras], axis=1)  # (T, N, h, w, 3)
+        expected = expected.transpose(0, 1, 4, 2, 3)  # (T, N, 3, h, w)
         assert from_raw["images"].shape == (24 + episode, 2, 3, 32, 40)
         assert np.array_equal(from_raw["images"], expected)
         error = np.abs(from_jpeg["images"].astype(int) - expected).mean()

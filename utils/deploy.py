@@ -11,7 +11,7 @@
         robot.command(action)
 
 Everything between the raw observation and the raw action happens inside: frames are resized to the training
-size with the readers' own resize (datasets/own_data.py), state is normalised with the training statistics,
+size with the readers' own resize (env/images.py), state is normalised with the training statistics,
 stacked frames are kept, chunks are predicted (z = 0) and turned into one action per step by temporal
 ensembling or by playing each chunk open loop (models/policy.py's ChunkedActionExecutor), and the action is
 de-normalised. The simulator evaluation (utils/evaluation.py) drives its environments through this same
@@ -28,7 +28,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from datasets.own_data import resize_frames
+from env.images import resize_frames
 from models.policy import ACTPolicy, ChunkedActionExecutor
 from utils.checkpoint import load_checkpoint
 from utils.config import to_config
@@ -103,6 +103,7 @@ class DeployedPolicy:
                 raise ValueError(f"observation images lack camera(s) {missing}; the policy was trained on {self.cameras}")
             per_camera = [np.asarray(images[name]) for name in self.cameras]
             per_camera = [resize_frames(frames[None] if single else frames, self.image_size) for frames in per_camera]
-            return torch.from_numpy(np.stack(per_camera, axis=1))  # (E, N, 3, h, w)
+            images = np.stack(per_camera, axis=1).transpose(0, 1, 4, 2, 3)  # (E, N, h, w, 3) -> (E, N, 3, h, w)
+            return torch.from_numpy(np.ascontiguousarray(images))
         images = torch.as_tensor(np.asarray(images))
         return images[None] if single else images

@@ -35,7 +35,7 @@ Each side otherwise runs as its own training script does:
     policy: its preprocessor (NormalizerProcessorStep, mean/std) runs on every batch and observation and its
     postprocessor un-normalises actions, built by make_act_pre_post_processors from statistics computed as
     LeRobot computes them (mean and population std of the training episodes' frames, no floor: PickCube's state
-    has near-constant dimensions, e.g. a quaternion component with std 2e-4, which LeRobot scales up ~5000x;
+    has near-constant dimensions (in 4 demos looked at, a quaternion component with std 2e-4: scaled up ~5000x);
     --lerobot-min-std 0.01 floors them as ours does, to see what that difference costs).
   * LeRobot's ACT needs an image or an "environment state" input: it gets the state vector as both
     observation.state and observation.environment_state (one more encoder token than ours, as in
@@ -116,10 +116,12 @@ def lerobot_config(lerobot, cfg, state_dim: int, action_dim: int, device, tempor
 def lerobot_stats(train_set, min_std: float = 0.0) -> dict:
     """Normalisation statistics as LeRobot computes them for a dataset: per-dimension mean and population std
     (min_std > 0 floors the std as ours does, an ablation: LeRobot itself has no floor)."""
-    states, actions = train_set.states.double(), train_set.actions.double()
-    state = {"mean": states.mean(0).float(), "std": states.std(0, correction=0).clamp(min=min_std).float()}
-    return {"observation.state": state, "observation.environment_state": state,
-            "action": {"mean": actions.mean(0).float(), "std": actions.std(0, correction=0).clamp(min=min_std).float()}}
+    def mean_std(frames: torch.Tensor) -> dict:  # (N, D) -> per-dimension statistics, computed in float64
+        frames = frames.double()
+        return {"mean": frames.mean(0).float(), "std": frames.std(0, correction=0).clamp(min=min_std).float()}
+
+    state = mean_std(train_set.states)
+    return {"observation.state": state, "observation.environment_state": state, "action": mean_std(train_set.actions)}
 
 
 def lerobot_observation(state: torch.Tensor) -> dict:

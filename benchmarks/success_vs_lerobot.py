@@ -331,6 +331,8 @@ def main():
     parser.add_argument("overrides", nargs="*", help="key=value overrides of our config, e.g. num_eval_envs=2")
     args = parser.parse_args()
 
+    if args.minutes <= 0:
+        raise UserInputError(f"--minutes must be positive, got {args.minutes:g}")
     args.marks_min = [m for m in parse_marks(args.marks) if m < args.minutes] + [args.minutes]
     if "lerobot" in args.impls and not (LEROBOT_SITE / "lerobot").is_dir():
         raise UserInputError(f"LeRobot is not installed in {LEROBOT_SITE}: run bash benchmarks/install_lerobot.sh")

@@ -1,6 +1,7 @@
 """Roll a policy out in a simulator adapter (env/protocol.py: env/maniskill_env.py, env/bigym_env.py) and score it.
 
-The policy acts through utils/deploy.py's DeployedPolicy, the same object a user's own control loop uses.
+The policy acts through utils/deploy.py's DeployedPolicy, the same object a user's own control loop uses
+(evaluate_controller plays any object with DeployedPolicy's reset/select_action, e.g. another codebase's policy).
 Episodes run in rounds of `env.num_envs` parallel environments for exactly `env.max_episode_steps`
 steps (success does not end an episode), which gives both metrics ManiSkill reports:
 success_once (succeeded at any step) and success_at_end (succeeded at the last step).
@@ -21,13 +22,24 @@ def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_
                     temporal_ensemble: bool = True, ensemble_k: float = 0.01, query_frequency: int | None = None,
                     video_dir=None, num_video_episodes: int = 0, video_prefix: str = "", fps: int = 20,
                     rank: int = 0, world_size: int = 1) -> dict:
+    """Play num_episodes episodes with the policy deployed as DeployedPolicy (see evaluate_controller).
+    Returns {"episodes": [per-episode outcome dicts, the ones this rank played], "videos": [paths]}."""
+    deployed = DeployedPolicy(policy, frame_stack, temporal_ensemble, ensemble_k, query_frequency)
+    return evaluate_controller(deployed, env, num_episodes, seed, video_dir, num_video_episodes, video_prefix, fps,
+                               rank, world_size)
+
+
+@torch.no_grad()
+def evaluate_controller(deployed, env, num_episodes: int, seed: int, video_dir=None, num_video_episodes: int = 0,
+                        video_prefix: str = "", fps: int = 20, rank: int = 0, world_size: int = 1) -> dict:
     """Play num_episodes episodes in rounds of env.num_envs; round k resets with seeds seed + k * num_envs + i.
 
+    deployed: what acts, a DeployedPolicy or anything with its two methods: reset() at the start of every round,
+    select_action(observation) -> actions (E, A) (benchmarks/success_vs_lerobot.py drives LeRobot's policy so).
     Under torchrun rank r plays rounds r, r + world_size, ...: every episode runs in the same round, with the
     same seeds and batch, as in a single process, so the gathered outcomes are the single-process ones.
     Returns {"episodes": [per-episode outcome dicts, the ones this rank played], "videos": [paths]}.
     """
-    deployed = DeployedPolicy(policy, frame_stack, temporal_ensemble, ensemble_k, query_frequency)
     episodes, videos = [], []
     num_rounds = -(-num_episodes // env.num_envs)
     for round_index in range(rank, num_rounds, world_size):

@@ -403,6 +403,21 @@ def restore_training_state(cfg, run, policy, ema, optimizer, best_metric: str) -
 # --------------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------------
+def optimization_step(cfg: Config, policy: ACTPolicy, training_policy, optimizer, scheduler, autocast, batch: dict,
+                      iteration: int) -> tuple[dict, torch.Tensor]:
+    """One step of train() on a batch already on the device: forward through training_policy (the policy, or its
+    DDP / compiled wrapper), backward, gradient clipping, AdamW, the lr schedule. Returns (losses, grad norm)."""
+    policy.train()
+    with autocast:
+        losses = training_policy(batch, kl_weight=torch.tensor(kl_weight_at(cfg, iteration)))
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return losses, grad_norm
+
+
 def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env) -> dict:
     """Train, and return the last validation and simulator metrics. `make_env(num_envs)` builds the
     simulator adapter used for evaluation.
@@ -455,15 +470,9 @@ def train(cfg: Config, run: Run, policy: ACTPolicy, data: TrainingData, make_env
         last = step == cfg.total_iters
 
         # 2. One optimisation step.
-        policy.train()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast:
-            losses = training_policy(batch, kl_weight=torch.tensor(kl_weight_at(cfg, iteration)))
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        losses, grad_norm = optimization_step(cfg, policy, training_policy, optimizer, scheduler, autocast, batch,
+                                              iteration)
         if ema:
             ema.update(policy)
         for key in running:

@@ -354,9 +354,10 @@ class ACT(nn.Module):
     def encode_images(self, images):
         """(B, N, C, H, W) -> tokens (B, N*h*w, D) and their positions (1, N*h*w, D)."""
         batch, num_cams = images.shape[:2]
-        # All cameras share one backbone pass: (B*N, C, H, W) -> (B*N, 512, h, w) (256 with backbone_stages=3). On CPU this beats a pass
-        # per camera at batch 16 and 64 alike, provided freed memory is reused (utils.allocator.reuse_freed_memory):
-        # otherwise every activation over 32 MiB is freshly page-faulted each step and large batches lose.
+        # All cameras share one backbone pass: (B*N, C, H, W) -> (B*N, 512, h, w) (256 with backbone_stages=3).
+        # On CPU this beats a pass per camera at batch 16 and 64 alike, provided freed memory is reused
+        # (utils.allocator.reuse_freed_memory): otherwise every activation over 32 MiB is freshly page-faulted each
+        # step and large batches lose.
         features = self.feature_proj(self.backbone(images.flatten(0, 1)))  # (B*N, D, h, w)
         _, dim, height, width = features.shape
         tokens = features.flatten(2).transpose(1, 2)  # (B*N, h*w, D)

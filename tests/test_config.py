@@ -69,6 +69,9 @@ def test_checkpoint_config_gains_keys_added_later(capsys):
     (["model.chunk_size=0"], "key 'model.chunk_size' must be an integer >= 1, got 0"),
     (["val_fraction=1.5"], "key 'val_fraction' must be a fraction in [0, 1), got 1.5"),
     (["model.nhead=3"], "model.d_model (256) must be divisible by model.nhead (3)"),
+    (["image_crop=[32, 24, 80]"], "key 'image_crop' must be [top, left, height, width]"),
+    (["image_crop=[-1, 0, 80, 80]"], "key 'image_crop' must be [top, left, height, width]"),
+    (["model.backbone_stages=2"], "key 'model.backbone_stages' must be 3 or 4"),
     (["mode=eval"], "mode=eval needs checkpoint="),
     (["resume=ckpts/no-such-run/last.pt"], "checkpoint not found"),
 ])

@@ -148,6 +148,10 @@ VALUE_RULES = [
         "lr_backbone", "weight_decay", "model.kl_weight", "demo_noise")],
     *[(key, lambda v: 0 <= v < 1, "a fraction in [0, 1)") for key in ("val_fraction", "ema_decay", "model.dropout")],
     ("num_demos", lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1"),
+    ("image_crop", lambda v: isinstance(v, list) and len(v) == 4 and all(isinstance(x, int) for x in v)
+     and min(v[:2]) >= 0 and min(v[2:]) >= 1, "[top, left, height, width]: integers, top and left >= 0, height "
+     "and width >= 1 (or null)"),
+    ("model.backbone_stages", lambda v: v in (3, 4), "3 or 4 (ResNet18 up to layer3 or layer4)"),
     ("mode", lambda v: v in ("train", "eval"), "'train' or 'eval'"),
     ("lr_schedule", lambda v: v in ("cosine", "constant"), "'cosine' or 'constant'"),
     ("action_normalization", lambda v: v in ("mean_std", "min_max"), "'mean_std' or 'min_max'"),

@@ -99,8 +99,8 @@ def test_scripted_recipe_applies_to_scripted_demos_unless_the_user_set_the_key(c
         assert f"{task} scripted-demo recipe" in log and "wins" not in log
     cfg = load_config(paper, cpu, ["env_id=DishwasherClose"], task_defaults=scripted_recipe)
     assert (cfg.cameras, cfg.model.chunk_size, cfg.temporal_ensemble, cfg.query_frequency, cfg.base_action,
-            cfg.joint_velocities) == ([], 50, False, 50, "absolute", False)
-    assert "cameras=[]" in capsys.readouterr().out  # the log names the values applied
+            cfg.joint_velocities, cfg.demo_noise) == (["head", "left_wrist"], 50, False, 50, "absolute", False, 0.03)
+    assert "cameras=['head', 'left_wrist']" in capsys.readouterr().out  # the log names the values applied
     cfg = load_config(paper, cpu, ["env_id=reach_target"], task_defaults=scripted_recipe)
     assert (cfg.floating_dofs, cfg.control_frequency, cfg.max_episode_steps) == (
         ["pelvis_x", "pelvis_y", "pelvis_rz"], 25, 75)

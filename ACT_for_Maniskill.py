@@ -28,7 +28,7 @@ def load_episodes(cfg):
                                                         cfg.num_demos))
     if not path.exists():
         print(f"[demos] {path} not found: generating {cfg.num_demos} demonstrations with ManiSkill's motion planner")
-        generate_demos(cfg.env_id, cfg.num_demos, cfg.obs_mode, cfg.control_mode, path)
+        generate_demos(cfg.env_id, cfg.num_demos, cfg.obs_mode, cfg.control_mode, path, workers=cfg.demo_workers)
     return load_maniskill_demos(path, cfg.num_demos, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.image_size,
                                 cfg.image_crop)
 

@@ -5,14 +5,18 @@ Making demos is two steps, both with ManiSkill's own tools:
      (RecordEpisode writes `<dir>/motionplanning.h5` + `.json`);
   2. replay them with `mani_skill.trajectory.replay_trajectory` into the wanted observation mode and
      controller (e.g. state / rgb, pd_ee_delta_pos), keeping the episodes that still succeed.
-Both run on chunks of seeds (a killed run resumes from its finished chunks); the first chunk is small, so a
-controller that cannot follow the planner's motion stops the run within a minute.
+Both run on chunks of seeds (a killed run resumes from its finished chunks), several chunks at a time in worker
+processes when asked; the first chunk is small, so a controller that cannot follow the planner's motion stops the
+run within a minute.
 """
 
 import json
+import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +36,13 @@ class TaskRecipe:
     #                which plans the demos in pd_joint_pos; by name, so that only making demos imports the planner
     control_mode: str  # the controller the planned demos are replayed into, and the policy trains and acts in
     max_episode_steps: int
+    state_iters: int = 5000  # total_iters from state observations (the state config leaves it to the task)
 
-    def config_defaults(self) -> dict:
-        return {"control_mode": self.control_mode, "max_episode_steps": self.max_episode_steps}
+    def config_defaults(self, obs_mode: str) -> dict:
+        defaults = {"control_mode": self.control_mode, "max_episode_steps": self.max_episode_steps}
+        if obs_mode == "state":
+            defaults["total_iters"] = self.state_iters
+        return defaults
 
 
 # Every task we can make demos for, with the config defaults that training on them needs, applied when the user
@@ -43,7 +51,8 @@ class TaskRecipe:
 # gripper's orientation, which only the cube tasks tolerate (0-40% of the other tasks' demos survive it), so the
 # others turn the gripper with pd_ee_delta_pose, or, for PlugCharger, move the joints (pd_ee_delta_pose loses a
 # quarter of its demos and stretches some to 3x their length). max_episode_steps leaves room beyond the longest
-# demo (ManiSkill registers most of these tasks with 50 steps, sized for RL).
+# demo (ManiSkill registers most of these tasks with 50 steps, sized for RL). With state observations the recipe also
+# sets the training budget, total_iters, to what the task was measured to need (benchmarks/RESULTS.md).
 TASK_RECIPES = {
     # ManiSkill's own ACT baseline (examples/baselines/act/examples.sh)
     "PickCube-v1": TaskRecipe("solvePickCube", "pd_ee_delta_pos", max_episode_steps=100),
@@ -67,7 +76,7 @@ def task_recipe(cfg) -> tuple[str, dict]:
               f"max_episode_steps={cfg.max_episode_steps} as configured")
         return "", {}
     return (f"{cfg.env_id} recipe (TASK_RECIPES in datasets/maniskill_demos.py)",
-            TASK_RECIPES[cfg.env_id].config_defaults())
+            TASK_RECIPES[cfg.env_id].config_defaults(cfg.obs_mode))
 
 
 def default_demo_path(demo_dir: str, env_id: str, obs_mode: str, control_mode: str, num_demos: int) -> Path:
@@ -171,9 +180,16 @@ def _conversion_error(env_id: str, control_mode: str, converted: int, planned: i
             f"planner's motion for this task: {hint}.")
 
 
-def generate_demos(env_id: str, num_demos: int, obs_mode: str, control_mode: str, out_path, seed: int = 0) -> Path:
+def generate_demos(env_id: str, num_demos: int, obs_mode: str, control_mode: str, out_path, seed: int = 0,
+                   workers: int = 1) -> Path:
     """Make `num_demos` successful demos at `out_path` (.h5 + .json). Does nothing if the file exists;
-    resumes from the finished chunks of a killed run."""
+    resumes from the finished chunks of a killed run.
+
+    workers > 1 plans and converts that many seed chunks at a time in worker processes (0: one per CPU core). The
+    chunks and the episodes kept are the same as with one worker (the first num_demos in seed order); at most
+    workers - 1 chunks beyond the needed ones are made.
+    """
+    workers = workers or os.cpu_count() or 1
     if num_demos < 1:
         raise UserInputError(f"num_demos={num_demos}: generating demos needs a number >= 1")
     out_path = Path(out_path)
@@ -188,23 +204,34 @@ def generate_demos(env_id: str, num_demos: int, obs_mode: str, control_mode: str
     work_dir = out_path.parent / f".work_{out_path.stem}"
     work_dir.mkdir(parents=True, exist_ok=True)
     print(f"[demos] generating {num_demos} {env_id} demos ({obs_mode}, {control_mode}) -> {out_path} "
-          f"(finished chunks are kept in {work_dir}: a killed run resumes)")
+          f"with {workers} worker process(es) (finished chunks are kept in {work_dir}: a killed run resumes)")
+    # spawn, not fork: the parent may hold torch's thread pools, which a forked child can deadlock on
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     planned = converted = 0
     files = []
-    for start, end in _chunks(seed):
-        if start - seed >= 3 * num_demos + 20:  # the planner itself fails on most seeds
-            raise RuntimeError(f"{env_id}: after {start - seed} planner seeds only {planned} plans succeeded and "
-                               f"{converted} survived replay with control_mode={control_mode}; {num_demos} needed")
-        chunk = _make_chunk(env_id, range(start, end), obs_mode, control_mode, work_dir)
-        planned, converted = planned + chunk["planned"], converted + chunk["converted"]
-        print(f"[demos] seeds {start}-{end - 1}: {chunk['planned']} planned, {chunk['converted']} survived replay "
-              f"with {control_mode} ({converted} so far, {num_demos} needed)")
-        if chunk["file"]:
-            files.append(work_dir / f"seeds_{start:06d}-{end - 1:06d}" / chunk["file"])
-        if planned >= 4 and converted < MIN_CONVERSION_RATE * planned:  # 4+ episodes: a rate worth judging
-            raise UserInputError(_conversion_error(env_id, control_mode, converted, planned))
-        if converted >= num_demos:
-            break
+    chunks = _chunks(seed)
+    wave = [next(chunks)]  # the probe chunk alone: a controller that cannot follow the planner stops the run early
+    try:
+        while True:
+            if wave[0][0] - seed >= 3 * num_demos + 20:  # the planner itself fails on most seeds
+                raise RuntimeError(f"{env_id}: after {wave[0][0] - seed} planner seeds only {planned} plans succeeded "
+                                   f"and {converted} survived replay with control_mode={control_mode}; {num_demos} needed")
+            jobs = [(env_id, range(start, end), obs_mode, control_mode, work_dir) for start, end in wave]
+            summaries = pool.map(_make_chunk, *zip(*jobs)) if pool else [_make_chunk(*job) for job in jobs]
+            for (start, end), chunk in zip(wave, summaries):
+                planned, converted = planned + chunk["planned"], converted + chunk["converted"]
+                print(f"[demos] seeds {start}-{end - 1}: {chunk['planned']} planned, {chunk['converted']} survived "
+                      f"replay with {control_mode} ({converted} so far, {num_demos} needed)")
+                if chunk["file"]:
+                    files.append(work_dir / f"seeds_{start:06d}-{end - 1:06d}" / chunk["file"])
+                if planned >= 4 and converted < MIN_CONVERSION_RATE * planned:  # 4+ episodes: a rate worth judging
+                    raise UserInputError(_conversion_error(env_id, control_mode, converted, planned))
+            if converted >= num_demos:
+                break
+            wave = [next(chunks) for _ in range(workers)]
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
     _keep_first_successful(files, out_path, num_demos)
     shutil.rmtree(work_dir)
     print(f"[demos] wrote {out_path}")

@@ -28,6 +28,7 @@ def main():
     parser.add_argument("--demo-dir", default="demos")
     parser.add_argument("--out", help="output .h5 path (default: the path the training configs expect)")
     parser.add_argument("--seed", type=int, default=0, help="first motion-planning seed")
+    parser.add_argument("--workers", type=int, default=0, help="processes side by side (default 0: one per CPU core)")
     args = parser.parse_args()
     if args.control_mode is None:
         args.control_mode = TASK_RECIPES[args.env_id].control_mode
@@ -35,7 +36,8 @@ def main():
     out = Path(args.out) if args.out else repo_path(
         default_demo_path(args.demo_dir, args.env_id, args.obs_mode, args.control_mode, args.num_demos))
     started = time.time()
-    generate_demos(args.env_id, args.num_demos, args.obs_mode, args.control_mode, out, seed=args.seed)
+    generate_demos(args.env_id, args.num_demos, args.obs_mode, args.control_mode, out, seed=args.seed,
+                   workers=args.workers)
     print(f"[demos] {time.time() - started:.0f}s")
 
 

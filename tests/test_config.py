@@ -113,5 +113,5 @@ def test_print_config_shows_the_resolved_config_and_where_each_value_came_from(m
     source = {line.split(":")[0].strip(): line.split("# ")[1] for line in out.splitlines() if "  # " in line}
     assert source["control_mode"] == "test recipe" and source["max_episode_steps"] == "command line"
     assert source["env_id"] == source["d_model"] == "command line"
-    assert source["total_iters"] == "configs/ACT_maniskill_state_config.yaml"
+    assert source["batch_size"] == "configs/ACT_maniskill_state_config.yaml"
     assert "seed" not in source and "lr_backbone" not in source  # at their defaults: unmarked

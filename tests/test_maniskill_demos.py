@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.maniskill_demos import default_demo_path, generate_demos, load_maniskill_demos, task_recipe
+from datasets.maniskill_demos import (TASK_RECIPES, default_demo_path, generate_demos, load_maniskill_demos,
+                                      task_recipe)
 from datasets.replay_buffer import ChunkDataset
 from env.errors import UserInputError
 from utils.config import REPO_ROOT, load_config
@@ -45,6 +46,17 @@ def test_generation_is_idempotent(pickcube_state_demos, capsys):
     generate_demos("PickCube-v1", 4, "state", "pd_ee_delta_pos", pickcube_state_demos)
     assert pickcube_state_demos.stat().st_mtime_ns == before
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_worker_processes_keep_the_same_episodes_as_one_process(pickcube_state_demos, tmp_path):
+    # 6 demos need chunks beyond the 5-seed probe; two workers plan two chunks side by side
+    out = generate_demos("PickCube-v1", 6, "state", "pd_ee_delta_pos", tmp_path / "six.h5", workers=2)
+    parallel = load_maniskill_demos(out, 6, "state", "pd_ee_delta_pos")
+    serial = load_maniskill_demos(pickcube_state_demos, 4, "state", "pd_ee_delta_pos")
+    for one, other in zip(serial, parallel[:4]):  # the first four in seed order, whoever planned them
+        np.testing.assert_array_equal(one["actions"], other["actions"])
+        np.testing.assert_array_equal(one["state"], other["state"])
+    assert not (tmp_path / ".work_six").exists()
 
 
 def test_mismatched_control_mode_names_file_and_modes(pickcube_state_demos):
@@ -96,6 +108,16 @@ def test_task_recipe_applies_unless_the_user_set_the_key(tmp_path, capsys):
     cfg = load_config(DEFAULT, state, ["env_id=PushT-v1"], task_defaults=task_recipe)
     assert (cfg.control_mode, cfg.max_episode_steps) == ("pd_ee_delta_pos", 100)  # no recipe: the config's
     assert "no recipe for PushT-v1" in capsys.readouterr().out
+
+
+def test_state_budget_comes_from_the_task_recipe_only_for_state_observations():
+    state, rgb_cpu = "configs/ACT_maniskill_state_config.yaml", "configs/ACT_maniskill_rgb_cpu_config.yaml"
+    for task in ("PickCube-v1", "PushCube-v1", "StackCube-v1"):
+        cfg = load_config(DEFAULT, state, [f"env_id={task}"], task_defaults=task_recipe)
+        assert cfg.total_iters == TASK_RECIPES[task].state_iters
+        assert load_config(DEFAULT, state, [f"env_id={task}", "total_iters=7"], task_defaults=task_recipe).total_iters == 7
+        assert load_config(DEFAULT, rgb_cpu, [f"env_id={task}"], task_defaults=task_recipe).total_iters == 6000
+        assert load_config(DEFAULT, None, [f"env_id={task}"], task_defaults=task_recipe).total_iters == 30000  # rgb
 
 
 def test_conversion_that_cannot_succeed_stops_after_the_probe_and_resumes(tmp_path):

@@ -141,7 +141,7 @@ VALUE_RULES = [
         "model.d_model", "model.nhead", "model.dim_feedforward", "model.num_encoder_layers",
         "model.num_decoder_layers", "model.latent_dim")],
     *[(key, lambda v: v >= 0, "an integer >= 0") for key in (
-        "warmup_iters", "kl_warmup_iters", "num_workers", "num_eval_episodes", "num_video_episodes",
+        "warmup_iters", "kl_warmup_iters", "num_workers", "demo_workers", "num_eval_episodes", "num_video_episodes",
         "keep_checkpoints", "model.num_style_encoder_layers")],
     *[(key, lambda v: v > 0, "a number > 0") for key in ("lr", "grad_clip")],
     *[(key, lambda v: v >= 0, "a number >= 0") for key in (

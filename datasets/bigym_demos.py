@@ -387,7 +387,8 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
     print(f"[bigym demos] {task} ({demo_source} demos): {len(episodes)} episodes, {successes} end in success after "
           f"re-simulation at {control_frequency} Hz")
     if successes < 0.9 * len(episodes) and control_frequency < DEMO_FREQUENCY:
+        higher = next(rate for rate in range(control_frequency + 1, DEMO_FREQUENCY + 1) if DEMO_FREQUENCY % rate == 0)
         print(f"[bigym demos] WARNING: at {control_frequency} Hz the decimated actions of {len(episodes) - successes} "
               f"demos no longer solve {task}; the policy imitates them as they are. A higher control_frequency "
-              f"(e.g. 50) keeps more of the recorded motion.")
+              f"(e.g. {higher}) keeps more of the recorded motion.")
     return episodes

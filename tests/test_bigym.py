@@ -299,8 +299,10 @@ def test_episodes_format(demo_setup):
         assert ep["actions"].shape == (steps, 15) and ep["actions"].dtype == np.float32
         assert ep["images"].shape == (steps, len(CAMERAS), 3, IMAGE_SIZE, IMAGE_SIZE)
         assert ep["images"].dtype == np.uint8 and ep["images"].std() > 0
-        # The reach moves the arm a long way from its start (joint targets change by > 0.3 rad).
-        assert np.abs(ep["actions"][-1, 3:13] - ep["actions"][0, 3:13]).max() > 0.3
+        # Absolute joint targets of a reach: some arm joint's target sweeps > 0.2 rad over the episode (per-step
+        # deltas, or a frozen plan, stay far below that).
+        arm_targets = ep["actions"][:, 3:13]
+        assert (arm_targets.max(axis=0) - arm_targets.min(axis=0)).max() > 0.2
 
     # A second load reads the converted-episode cache and gives the same arrays.
     again = load_bigym_demos(**kwargs)

@@ -477,8 +477,8 @@ SCRIPTED_TASKS = {  # BiGym task class name -> ScriptedTask
         "floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_rz"], "control_frequency": 25, "max_episode_steps": 75,
         "cameras": ["head"], "joint_velocities": True, "base_action": "delta", "model.chunk_size": 16,
         "temporal_ensemble": True, "demo_noise": 0.05}),
-    # Demos 5-7 s; 8 s episodes. Without DART noise 72% (benchmarks/RESULTS.md). DART noise 0.02 rad: noise grasps
-    # the handle less reliably (0.03: 31 of 68 attempts solved, 0.05: 5 of 10).
+    # Demos 5-7 s; 8 s episodes. Without DART noise 72% (benchmarks/RESULTS.md). DART noise 0.02 rad: 100 of 155
+    # attempts solved (noise makes the handle grasp fail: 0.03 solved 31 of 68, 0.05 5 of 10).
     "DrawerTopOpen": ScriptedTask(solve_drawer_top_open, version=1, recipe={
         "floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_rz"], "control_frequency": 25, "max_episode_steps": 200,
         "cameras": ["head"], "joint_velocities": True, "base_action": "delta", "model.chunk_size": 16,

@@ -88,19 +88,21 @@ def default_demo_path(demo_dir: str, env_id: str, obs_mode: str, control_mode: s
 
 # Demos are made in chunks of consecutive planner seeds, each kept in the work folder once converted, so a
 # killed run resumes where it stopped. The first chunk is small: it tells quickly whether the episodes survive
-# conversion into the wanted controller, before minutes go into planning the rest.
+# conversion into the wanted controller, before minutes go into planning the rest. After it, each wave of chunks
+# (one per worker) is sized from the demos still missing and the share of seeds that became demos so far, so that
+# one wave usually finishes the job: every chunk costs a start-up of ManiSkill's replay tool (seconds), and
+# PickCube's 100 demos take 2 waves instead of 4 with 2 workers.
 PROBE_SEEDS = 5
-CHUNK_SEEDS = 20
+MAX_CHUNK_SEEDS = 50  # a kill loses at most this many seeds' work per worker
 MIN_CONVERSION_RATE = 0.25  # below this share of planned episodes surviving replay, the control mode is wrong
 
 
-def _chunks(first_seed: int):
-    """(first, end) seed ranges: a probe chunk, then fixed-size chunks; the same ranges on every run."""
-    yield first_seed, first_seed + PROBE_SEEDS
-    start = first_seed + PROBE_SEEDS
-    while True:
-        yield start, start + CHUNK_SEEDS
-        start += CHUNK_SEEDS
+def _next_wave(start: int, missing: int, yield_rate: float, workers: int) -> list[tuple[int, int]]:
+    """(first, end) seed ranges for the next `workers` chunks: enough seeds for `missing` demos at the yield seen so
+    far, plus 10%. The same finished chunks give the same next ranges, so a resumed run finds its chunks again."""
+    seeds_needed = int(np.ceil(1.1 * missing / max(yield_rate, MIN_CONVERSION_RATE)))
+    size = int(np.clip(np.ceil(seeds_needed / workers), 1, MAX_CHUNK_SEEDS))
+    return [(start + index * size, start + (index + 1) * size) for index in range(workers)]
 
 
 def _plan_seeds(env_id: str, seeds: range, out_dir: Path) -> int:
@@ -186,8 +188,7 @@ def generate_demos(env_id: str, num_demos: int, obs_mode: str, control_mode: str
     resumes from the finished chunks of a killed run.
 
     workers > 1 plans and converts that many seed chunks at a time in worker processes (0: one per CPU core). The
-    chunks and the episodes kept are the same as with one worker (the first num_demos in seed order); at most
-    workers - 1 chunks beyond the needed ones are made.
+    episodes kept are the same as with one worker: the first num_demos in seed order.
     """
     workers = workers or os.cpu_count() or 1
     if num_demos < 1:
@@ -209,8 +210,7 @@ def generate_demos(env_id: str, num_demos: int, obs_mode: str, control_mode: str
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     planned = converted = 0
     files = []
-    chunks = _chunks(seed)
-    wave = [next(chunks)]  # the probe chunk alone: a controller that cannot follow the planner stops the run early
+    wave = [(seed, seed + PROBE_SEEDS)]  # the probe alone: a controller that cannot follow the planner stops early
     try:
         while True:
             if wave[0][0] - seed >= 3 * num_demos + 20:  # the planner itself fails on most seeds
@@ -228,7 +228,8 @@ def generate_demos(env_id: str, num_demos: int, obs_mode: str, control_mode: str
                     raise UserInputError(_conversion_error(env_id, control_mode, converted, planned))
             if converted >= num_demos:
                 break
-            wave = [next(chunks) for _ in range(workers)]
+            next_seed = wave[-1][1]
+            wave = _next_wave(next_seed, num_demos - converted, converted / (next_seed - seed), workers)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)

@@ -15,6 +15,7 @@ run as E CPU-simulated environments in worker processes (gymnasium AsyncVectorEn
 every core and the policy still sees one batch.
 """
 
+import functools
 
 import gymnasium as gym
 import numpy as np
@@ -104,12 +105,24 @@ def maniskill_camera_images(sensor_data, cameras: list[str], use_depth: bool, im
     return np.stack(per_camera, axis=1)  # (T, N, C, h, w)
 
 
-def _make_single_cpu_env(env_kwargs: dict):
+class _NumberedEnv(gym.Wrapper):
+    """One environment of a CPU vector env that knows its index, so that a video of the first few environments
+    renders only those (rendering is most of a recorded evaluation's time on a CPU)."""
+
+    def __init__(self, env, index: int):
+        super().__init__(env)
+        self.index = index
+
+    def render_if_first(self, count: int):
+        return self.env.render() if self.index < count else None
+
+
+def _make_single_cpu_env(env_kwargs: dict, index: int = 0):
     import mani_skill.envs  # noqa: F401  (worker processes import it anew)
     from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
 
     # Fixed-horizon evaluation: success ends nothing, so success_once/success_at_end are both measurable.
-    return CPUGymWrapper(gym.make(**env_kwargs), ignore_terminations=True)
+    return _NumberedEnv(CPUGymWrapper(gym.make(**env_kwargs), ignore_terminations=True), index)
 
 
 class ManiSkillEnv(RobotEnv):
@@ -131,8 +144,9 @@ class ManiSkillEnv(RobotEnv):
             self.env = gym.vector.SyncVectorEnv([lambda: _make_single_cpu_env(env_kwargs)])
         else:
             # forkserver: workers must not inherit this process's torch/OpenMP threads.
-            self.env = gym.vector.AsyncVectorEnv([lambda: _make_single_cpu_env(env_kwargs)] * num_envs,
-                                                 context="forkserver")
+            self.env = gym.vector.AsyncVectorEnv(
+                [functools.partial(_make_single_cpu_env, env_kwargs, index) for index in range(num_envs)],
+                context="forkserver")
         self.action_dim = self.env.single_action_space.shape[0] if not self.gpu else self.env.action_space.shape[-1]
 
     def _convert(self, obs) -> dict:
@@ -168,7 +182,8 @@ class ManiSkillEnv(RobotEnv):
         """(count or E, H, W, 3) uint8 frames of the first environments, from the task's human-view camera."""
         if self.gpu:
             return self.env.render().cpu().numpy()[:count]
-        return np.stack(self.env.call("render"))[:count]
+        count = self.num_envs if count is None else count
+        return np.stack(self.env.call("render_if_first", count)[:count])
 
     def close(self):
         self.env.close()

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.maniskill_demos import (TASK_RECIPES, default_demo_path, generate_demos, load_maniskill_demos,
-                                      task_recipe)
+from datasets.maniskill_demos import (TASK_RECIPES, _next_wave, default_demo_path, generate_demos,
+                                      load_maniskill_demos, task_recipe)
 from datasets.replay_buffer import ChunkDataset
 from env.errors import UserInputError
 from utils.config import REPO_ROOT, load_config
@@ -57,6 +57,15 @@ def test_worker_processes_keep_the_same_episodes_as_one_process(pickcube_state_d
         np.testing.assert_array_equal(one["actions"], other["actions"])
         np.testing.assert_array_equal(one["state"], other["state"])
     assert not (tmp_path / ".work_six").exists()
+
+
+def test_waves_after_the_probe_are_sized_to_finish_in_one_go():
+    # all 5 probe seeds converted, 95 demos missing: two workers get 50 seeds each (the cap), not 20 + 20 + ...
+    assert _next_wave(5, 95, 1.0, 2) == [(5, 55), (55, 105)]
+    assert _next_wave(5, 1, 1.0, 2) == [(5, 6), (6, 7)]  # a few missing: a few seeds, one per worker
+    # half the seeds became demos: twice the seeds, +10%; the yield is floored where generation would stop anyway
+    assert _next_wave(40, 10, 0.5, 1) == [(40, 62)]
+    assert _next_wave(40, 10, 0.0, 1) == [(40, 84)]
 
 
 def test_mismatched_control_mode_names_file_and_modes(pickcube_state_demos):

@@ -23,3 +23,18 @@ def test_replayed_demo_succeeds_at_its_last_step(pickcube_state_demos):
     env.close()
     assert successes[-1], f"success flags at the last steps: {successes[-5:]}"
     assert not successes[0] and np.isfinite(reward).all()
+
+
+def test_video_frames_come_from_the_first_environments_only():
+    """render(count) on a CPU vector env renders the first `count` environments: the same frames those
+    environments give when all of them render, and none of the others (each costs seconds on a CPU)."""
+    env = ManiSkillEnv("PickCube-v1", 3, "state", "pd_ee_delta_pos", [], max_episode_steps=5)
+    env.reset(seed=10)
+    every = env.render()
+    first = env.render(1)
+    skipped = [frame is None for frame in env.env.call("render_if_first", 1)]  # what each worker did
+    env.close()
+    assert every.shape[0] == 3 and first.shape == (1, *every.shape[1:]) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first[0], every[0])
+    assert not np.array_equal(every[0], every[1])  # different seeds place the cube elsewhere
+    assert skipped == [False, True, True]

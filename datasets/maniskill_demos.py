@@ -55,7 +55,7 @@ class TaskRecipe:
 # sets the training budget, total_iters, to what the task was measured to need (benchmarks/RESULTS.md).
 TASK_RECIPES = {
     # ManiSkill's own ACT baseline (examples/baselines/act/examples.sh)
-    "PickCube-v1": TaskRecipe("solvePickCube", "pd_ee_delta_pos", max_episode_steps=100, state_iters=1500),
+    "PickCube-v1": TaskRecipe("solvePickCube", "pd_ee_delta_pos", max_episode_steps=100, state_iters=1000),
     "PushCube-v1": TaskRecipe("solvePushCube", "pd_ee_delta_pos", max_episode_steps=100),
     "StackCube-v1": TaskRecipe("solveStackCube", "pd_ee_delta_pos", max_episode_steps=200),
     "PegInsertionSide-v1": TaskRecipe("solvePegInsertionSide", "pd_ee_delta_pose", max_episode_steps=300),

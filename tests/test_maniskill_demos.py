@@ -129,6 +129,17 @@ def test_state_budget_comes_from_the_task_recipe_only_for_state_observations():
         assert load_config(DEFAULT, None, [f"env_id={task}"], task_defaults=task_recipe).total_iters == 30000  # rgb
 
 
+def test_push_cube_plays_its_chunks_open_loop_from_state_only():
+    state, rgb_cpu = "configs/ACT_maniskill_state_config.yaml", "configs/ACT_maniskill_rgb_cpu_config.yaml"
+    cfg = load_config(DEFAULT, state, ["env_id=PushCube-v1"], task_defaults=task_recipe)
+    assert (cfg.temporal_ensemble, cfg.query_frequency) == (False, 5)
+    cfg = load_config(DEFAULT, state, ["env_id=PushCube-v1", "temporal_ensemble=true"], task_defaults=task_recipe)
+    assert cfg.temporal_ensemble  # the user's choice wins (query_frequency is then unused)
+    for config, task in ((state, "PickCube-v1"), (rgb_cpu, "PushCube-v1")):
+        cfg = load_config(DEFAULT, config, [f"env_id={task}"], task_defaults=task_recipe)
+        assert (cfg.temporal_ensemble, cfg.query_frequency) == (True, None)
+
+
 def test_conversion_that_cannot_succeed_stops_after_the_probe_and_resumes(tmp_path):
     """LiftPegUpright turns the peg: pd_ee_delta_pos cannot follow, so generation stops after the first seeds
     with a message naming the mode that works; a second run reuses the planned chunk instead of planning again."""

@@ -37,6 +37,7 @@ class TaskRecipe:
     control_mode: str  # the controller the planned demos are replayed into, and the policy trains and acts in
     max_episode_steps: int
     state_iters: int = 5000  # total_iters from state observations (the state config leaves it to the task)
+    state_demos: int | None = None  # num_demos from state observations, where the schema's 100 were too few
     # From state observations, play each chunk's first state_query_frequency actions open loop instead of
     # temporal ensembling (None: ensemble), where that was measured to work better (benchmarks/RESULTS.md).
     state_query_frequency: int | None = None
@@ -45,6 +46,8 @@ class TaskRecipe:
         defaults = {"control_mode": self.control_mode, "max_episode_steps": self.max_episode_steps}
         if obs_mode == "state":
             defaults["total_iters"] = self.state_iters
+            if self.state_demos:
+                defaults["num_demos"] = self.state_demos
             if self.state_query_frequency:
                 defaults.update(temporal_ensemble=False, query_frequency=self.state_query_frequency)
         return defaults
@@ -57,14 +60,16 @@ class TaskRecipe:
 # others turn the gripper with pd_ee_delta_pose, or, for PlugCharger, move the joints (pd_ee_delta_pose loses a
 # quarter of its demos and stretches some to 3x their length). max_episode_steps leaves room beyond the longest
 # demo (ManiSkill registers most of these tasks with 50 steps, sized for RL). With state observations the recipe also
-# sets the training budget, total_iters, to what the task was measured to need, and for PushCube how chunks are
-# executed: its temporally ensembled policy stops short of the goal (benchmarks/RESULTS.md).
+# sets the training budget, total_iters (and for StackCube the number of demos), to what the task was measured to
+# need, and for PushCube how chunks are executed: its temporally ensembled policy stops short of the goal
+# (benchmarks/RESULTS.md).
 TASK_RECIPES = {
     # ManiSkill's own ACT baseline (examples/baselines/act/examples.sh)
     "PickCube-v1": TaskRecipe("solvePickCube", "pd_ee_delta_pos", max_episode_steps=100, state_iters=1000),
     "PushCube-v1": TaskRecipe("solvePushCube", "pd_ee_delta_pos", max_episode_steps=100, state_iters=3000,
                               state_query_frequency=5),  # 90% open loop, 68% ensembled (the same weights)
-    "StackCube-v1": TaskRecipe("solveStackCube", "pd_ee_delta_pos", max_episode_steps=200, state_iters=3000),
+    "StackCube-v1": TaskRecipe("solveStackCube", "pd_ee_delta_pos", max_episode_steps=200, state_iters=3000,
+                               state_demos=200),  # 90% (100 demos: 70%)
     "PegInsertionSide-v1": TaskRecipe("solvePegInsertionSide", "pd_ee_delta_pose", max_episode_steps=300),
     # No ManiSkill baseline: the controller the planner's demos were measured to convert into (README), and
     # about 1.5x the longest of those demos.

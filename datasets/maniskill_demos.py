@@ -69,7 +69,7 @@ TASK_RECIPES = {
     "PushCube-v1": TaskRecipe("solvePushCube", "pd_ee_delta_pos", max_episode_steps=100, state_iters=3000,
                               state_query_frequency=5),  # 90% open loop, 68% ensembled (the same weights)
     "StackCube-v1": TaskRecipe("solveStackCube", "pd_ee_delta_pos", max_episode_steps=200, state_iters=3000,
-                               state_demos=200),  # 90% (100 demos: 70%)
+                               state_demos=200),  # 88-90% (100 demos: 70%)
     "PegInsertionSide-v1": TaskRecipe("solvePegInsertionSide", "pd_ee_delta_pose", max_episode_steps=300),
     # No ManiSkill baseline: the controller the planner's demos were measured to convert into (README), and
     # about 1.5x the longest of those demos.

@@ -14,8 +14,7 @@ a loop in this process (CPU; MuJoCo stepping is cheap, rendering dominates).
 State vector (S = 66 for H1 with a floating base x, y, rz; 70 with z too), in this fixed order (STATE_KEYS):
     proprioception (58: 29 joint positions, 29 joint velocities; 60 with z), proprioception_grippers (2),
     proprioception_floating_base (3 or 4), proprioception_floating_base_actions (3 or 4).
-joint_velocities=False leaves the velocities out (S = 37 / 40). elapsed_time=True appends one more entry, the
-control step divided by max_episode_steps (with_elapsed_time).
+joint_velocities=False leaves the velocities out (S = 37 / 40).
 The same functions build demo observations (datasets/bigym_demos.py), so training and evaluation agree.
 
 Observation after reset, checked on BiGym 4.1.0 / MuJoCo 3.1.5 (DishwasherClose): env.reset() returns the
@@ -182,16 +181,6 @@ def bigym_state_vector(obs: dict, joint_velocities: bool = True) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def with_elapsed_time(states: np.ndarray, steps, max_episode_steps: int) -> np.ndarray:
-    """(..., S) states at control steps `steps` (broadcast over the leading dims) -> (..., S + 1) with
-    step / max_episode_steps appended: how far into the episode each state is (0 at the reset).
-
-    For tasks whose demonstrations keep a fixed timetable (the scripted solvers' moves have fixed durations), this
-    tells the policy which phase it is in where the robot's pose alone does not (DishwasherClose's three pushes)."""
-    elapsed = np.broadcast_to(np.asarray(steps, np.float32) / max_episode_steps, states.shape[:-1])
-    return np.concatenate([states, elapsed[..., None]], axis=-1).astype(np.float32)
-
-
 def bigym_camera_images(obs: dict, cameras: list[str]) -> np.ndarray:
     """BiGym observation dict -> (N, 3, H, W) uint8 (BiGym already stores rgb_<camera> channel-first)."""
     return np.stack([np.asarray(obs[f"rgb_{name}"], dtype=np.uint8) for name in cameras])
@@ -335,7 +324,7 @@ class BiGymEnv(RobotEnv):
     def __init__(self, env_id: str, num_envs: int, cameras: list[str], image_size: int, action_mode: str = "absolute",
                  control_frequency: int = 50, max_episode_steps: int = 1000, fast_rendering: bool = False,
                  video_size: int = 192, perturbed_starts: bool = False, floating_dofs=DEFAULT_FLOATING_DOFS,
-                 joint_velocities: bool = True, base_action: str = "delta", elapsed_time: bool = False):
+                 joint_velocities: bool = True, base_action: str = "delta"):
         """env_id: BiGym task (class name or snake_case). max_episode_steps counts control steps.
 
         perturbed_starts: after BiGym's reset, move robot and prop to the perturbed start drawn for the
@@ -344,13 +333,11 @@ class BiGymEnv(RobotEnv):
         joint_velocities: keep the joint velocities in the state (see bigym_state_vector).
         base_action: "delta" (BiGym's own) or "absolute": the actions' base entries are targets (absolute_base_action),
             turned into BiGym's deltas here.
-        elapsed_time: append step / max_episode_steps to the state (with_elapsed_time).
         """
         check_base_action(base_action)
         self.num_envs, self.cameras = num_envs, list(cameras)
         self.max_episode_steps, self.perturbed_starts = max_episode_steps, perturbed_starts
-        self.joint_velocities, self.base_action, self.elapsed_time = joint_velocities, base_action, elapsed_time
-        self.steps = 0  # control steps since the last reset (all E environments step together)
+        self.joint_velocities, self.base_action = joint_velocities, base_action
         self.envs = [make_bigym_env(env_id, self.cameras, image_size, action_mode, control_frequency, fast_rendering,
                                     floating_dofs) for _ in range(num_envs)]
         self.action_dim = self.envs[0].action_space.shape[0]
@@ -359,15 +346,12 @@ class BiGymEnv(RobotEnv):
 
     def _convert(self, observations: list[dict]) -> dict:
         out = {"state": np.stack([bigym_state_vector(obs, self.joint_velocities) for obs in observations])}  # (E, S)
-        if self.elapsed_time:
-            out["state"] = with_elapsed_time(out["state"], self.steps, self.max_episode_steps)  # (E, S + 1)
         if self.cameras:
             # (E, N, 3, H, W)
             out["images"] = np.stack([bigym_camera_images(obs, self.cameras) for obs in observations])
         return out
 
     def reset(self, seed: int) -> dict:
-        self.steps = 0
         observations = []
         for i, env in enumerate(self.envs):
             if self.perturbed_starts:
@@ -388,7 +372,6 @@ class BiGymEnv(RobotEnv):
             observations.append(obs)
             rewards.append(reward)
             successes.append(solved(env))
-        self.steps += 1
         return self._convert(observations), np.asarray(rewards, np.float32), np.asarray(successes, bool)
 
     def render(self, count: int | None = None) -> np.ndarray:

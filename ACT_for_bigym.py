@@ -36,13 +36,15 @@ def load_episodes(cfg):
                             episode_cache_dir=repo_path(cfg.episode_cache_dir) if cfg.episode_cache_dir else None,
                             demo_source=cfg.demo_source, floating_dofs=cfg.floating_dofs,
                             joint_velocities=cfg.joint_velocities, base_action=cfg.base_action,
-                            demo_noise=cfg.demo_noise)
+                            demo_noise=cfg.demo_noise, elapsed_time=cfg.elapsed_time,
+                            max_episode_steps=cfg.max_episode_steps, proprioception=cfg.proprioception)
 
 
 def make_env(cfg, num_envs: int) -> BiGymEnv:
     return BiGymEnv(cfg.env_id, num_envs, cfg.cameras, cfg.image_size, cfg.action_mode, cfg.control_frequency,
                     cfg.max_episode_steps, cfg.fast_rendering, perturbed_starts=cfg.perturbed_starts,
-                    floating_dofs=cfg.floating_dofs, joint_velocities=cfg.joint_velocities, base_action=cfg.base_action)
+                    floating_dofs=cfg.floating_dofs, joint_velocities=cfg.joint_velocities, base_action=cfg.base_action,
+                    elapsed_time=cfg.elapsed_time, proprioception=cfg.proprioception)
 
 
 def main():

@@ -41,8 +41,8 @@ from tqdm import tqdm
 
 from datasets.bigym_solvers import SCRIPTED_TASKS, ScriptedMotion
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, absolute_base_action, apply_start, base_deltas,
-                           bigym_camera_images, bigym_state_vector, check_base_action, make_bigym_env, read_observation,
-                           reset_perturbed, resolve_task, solved)
+                           bigym_camera_images, bigym_state_vector, check_base_action, check_state_contents,
+                           make_bigym_env, policy_state, read_observation, reset_perturbed, resolve_task, solved)
 from env.errors import UserInputError
 
 SCRIPTED_DEMO_ROOT = "demos/bigym_scripted"  # default root of the scripted demos' DemoStores (relative to the repo)
@@ -316,7 +316,8 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
                      control_frequency: int, fast_rendering: bool, cache_root=None,
                      episode_cache_dir=None, demo_source: str = "human",
                      floating_dofs=DEFAULT_FLOATING_DOFS, joint_velocities: bool = True,
-                     base_action: str = "delta", demo_noise: float = 0.0) -> list[dict]:
+                     base_action: str = "delta", demo_noise: float = 0.0, elapsed_time: bool = False,
+                     max_episode_steps: int = 0, proprioception: bool = True) -> list[dict]:
     """num_demos (-1: all) BiGym demos of `task` as episodes (see the module docstring).
 
     demo_source: "human" (BiGym's release) or "scripted" (made here first when fewer than num_demos exist).
@@ -327,12 +328,15 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
     base_action: "delta" (BiGym's) or "absolute" floating-base actions (see replay_demo).
     demo_noise: scripted demos only: the DART noise they are made with (datasets/bigym_solvers.py); each step is
         labelled with the solver's plan (with action_mode=absolute).
+    elapsed_time, proprioception: what the policy's state holds, as the environment builds it (policy_state);
+        applied after the episode cache, so cached episodes serve every setting.
     """
     from demonstrations.demo import Demo
 
     task_cls = resolve_task(task)
     task = task_cls.__name__
     check_base_action(base_action)  # before any demo is made or cached: a typo must not train on delta actions
+    check_state_contents(proprioception, elapsed_time, max_episode_steps)
     if demo_source == "scripted":
         if cache_root is None:
             raise UserInputError(f"demo_source=scripted needs a cache_root for the scripted demos (e.g. {SCRIPTED_DEMO_ROOT})")
@@ -383,6 +387,9 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
             os.replace(tmp, cache_file)  # appears only once complete
     if env is not None:
         env.close()
+    for episode in episodes:
+        episode["state"] = policy_state(episode["state"], np.arange(len(episode["state"])), max_episode_steps,
+                                        proprioception, elapsed_time)
     # Decimated human demos replayed at a lower rate do not always reproduce success; report it.
     print(f"[bigym demos] {task} ({demo_source} demos): {len(episodes)} episodes, {successes} end in success after "
           f"re-simulation at {control_frequency} Hz")

@@ -14,7 +14,9 @@ a loop in this process (CPU; MuJoCo stepping is cheap, rendering dominates).
 State vector (S = 66 for H1 with a floating base x, y, rz; 70 with z too), in this fixed order (STATE_KEYS):
     proprioception (58: 29 joint positions, 29 joint velocities; 60 with z), proprioception_grippers (2),
     proprioception_floating_base (3 or 4), proprioception_floating_base_actions (3 or 4).
-joint_velocities=False leaves the velocities out (S = 37 / 40).
+joint_velocities=False leaves the velocities out (S = 37 / 40). What the policy sees of it (policy_state):
+elapsed_time=True appends one more entry, the control step divided by max_episode_steps; proprioception=False
+leaves the vector above out, so that the policy sees the elapsed time (and its cameras) only.
 The same functions build demo observations (datasets/bigym_demos.py), so training and evaluation agree.
 
 Observation after reset, checked on BiGym 4.1.0 / MuJoCo 3.1.5 (DishwasherClose): env.reset() returns the
@@ -181,6 +183,31 @@ def bigym_state_vector(obs: dict, joint_velocities: bool = True) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def check_state_contents(proprioception: bool, elapsed_time: bool, max_episode_steps: int):
+    if not (proprioception or elapsed_time):
+        raise UserInputError("proprioception=false and elapsed_time=false leave the policy's state empty: "
+                             "set one of them to true")
+    if elapsed_time and max_episode_steps < 1:
+        raise UserInputError(f"elapsed_time=true needs max_episode_steps >= 1 to scale the time by, got {max_episode_steps}")
+
+
+def policy_state(states: np.ndarray, steps, max_episode_steps: int, proprioception: bool = True,
+                 elapsed_time: bool = False) -> np.ndarray:
+    """(..., S) state vectors (bigym_state_vector) at control steps `steps` (broadcast over the leading dims) ->
+    the state the policy sees: the S entries if `proprioception`, then step / max_episode_steps if `elapsed_time`
+    (how far into the episode each state is, 0 at the reset).
+
+    The elapsed time is for demos on a fixed timetable, like the scripted solvers' (their moves have fixed
+    durations): it names the phase where the robot's pose alone does not (DishwasherClose's three pushes). Alone,
+    without the proprioception, the policy replays the demos' timetable and cannot over-fit to the start pose each
+    demo carries through its joints (benchmarks/RESULTS.md, DishwasherClose)."""
+    parts = [states] if proprioception else []
+    if elapsed_time:
+        elapsed = np.broadcast_to(np.asarray(steps, np.float32) / max_episode_steps, states.shape[:-1])
+        parts.append(elapsed[..., None])
+    return np.concatenate(parts, axis=-1).astype(np.float32)
+
+
 def bigym_camera_images(obs: dict, cameras: list[str]) -> np.ndarray:
     """BiGym observation dict -> (N, 3, H, W) uint8 (BiGym already stores rgb_<camera> channel-first)."""
     return np.stack([np.asarray(obs[f"rgb_{name}"], dtype=np.uint8) for name in cameras])
@@ -324,7 +351,8 @@ class BiGymEnv(RobotEnv):
     def __init__(self, env_id: str, num_envs: int, cameras: list[str], image_size: int, action_mode: str = "absolute",
                  control_frequency: int = 50, max_episode_steps: int = 1000, fast_rendering: bool = False,
                  video_size: int = 192, perturbed_starts: bool = False, floating_dofs=DEFAULT_FLOATING_DOFS,
-                 joint_velocities: bool = True, base_action: str = "delta"):
+                 joint_velocities: bool = True, base_action: str = "delta", elapsed_time: bool = False,
+                 proprioception: bool = True):
         """env_id: BiGym task (class name or snake_case). max_episode_steps counts control steps.
 
         perturbed_starts: after BiGym's reset, move robot and prop to the perturbed start drawn for the
@@ -333,11 +361,15 @@ class BiGymEnv(RobotEnv):
         joint_velocities: keep the joint velocities in the state (see bigym_state_vector).
         base_action: "delta" (BiGym's own) or "absolute": the actions' base entries are targets (absolute_base_action),
             turned into BiGym's deltas here.
+        elapsed_time, proprioception: what the policy's state holds (policy_state).
         """
         check_base_action(base_action)
+        check_state_contents(proprioception, elapsed_time, max_episode_steps)
         self.num_envs, self.cameras = num_envs, list(cameras)
         self.max_episode_steps, self.perturbed_starts = max_episode_steps, perturbed_starts
         self.joint_velocities, self.base_action = joint_velocities, base_action
+        self.elapsed_time, self.proprioception = elapsed_time, proprioception
+        self.steps = 0  # control steps since the last reset (all E environments step together)
         self.envs = [make_bigym_env(env_id, self.cameras, image_size, action_mode, control_frequency, fast_rendering,
                                     floating_dofs) for _ in range(num_envs)]
         self.action_dim = self.envs[0].action_space.shape[0]
@@ -345,13 +377,16 @@ class BiGymEnv(RobotEnv):
         self._video_renderers = None  # made on the first render() call: evaluation without video never pays
 
     def _convert(self, observations: list[dict]) -> dict:
-        out = {"state": np.stack([bigym_state_vector(obs, self.joint_velocities) for obs in observations])}  # (E, S)
+        states = np.stack([bigym_state_vector(obs, self.joint_velocities) for obs in observations])  # (E, S)
+        # (E, S), (E, S + 1) or (E, 1)
+        out = {"state": policy_state(states, self.steps, self.max_episode_steps, self.proprioception, self.elapsed_time)}
         if self.cameras:
             # (E, N, 3, H, W)
             out["images"] = np.stack([bigym_camera_images(obs, self.cameras) for obs in observations])
         return out
 
     def reset(self, seed: int) -> dict:
+        self.steps = 0
         observations = []
         for i, env in enumerate(self.envs):
             if self.perturbed_starts:
@@ -372,6 +407,7 @@ class BiGymEnv(RobotEnv):
             observations.append(obs)
             rewards.append(reward)
             successes.append(solved(env))
+        self.steps += 1
         return self._convert(observations), np.asarray(rewards, np.float32), np.asarray(successes, bool)
 
     def render(self, count: int | None = None) -> np.ndarray:

@@ -98,9 +98,9 @@ def test_scripted_recipe_applies_to_scripted_demos_unless_the_user_set_the_key(c
         log = capsys.readouterr().out
         assert f"{task} scripted-demo recipe" in log and "wins" not in log
     cfg = load_config(paper, cpu, ["env_id=DishwasherClose"], task_defaults=scripted_recipe)
-    assert (cfg.cameras, cfg.model.chunk_size, cfg.temporal_ensemble, cfg.query_frequency, cfg.base_action,
-            cfg.joint_velocities, cfg.demo_noise) == (["head", "left_wrist"], 50, False, 50, "absolute", False, 0.03)
-    assert "cameras=['head', 'left_wrist']" in capsys.readouterr().out  # the log names the values applied
+    assert (cfg.cameras, cfg.proprioception, cfg.elapsed_time, cfg.model.chunk_size, cfg.temporal_ensemble,
+            cfg.query_frequency, cfg.base_action, cfg.demo_noise) == ([], False, True, 50, False, 50, "absolute", 0.03)
+    assert "proprioception=False" in capsys.readouterr().out  # the log names the values applied
     cfg = load_config(paper, cpu, ["env_id=reach_target"], task_defaults=scripted_recipe)
     assert (cfg.floating_dofs, cfg.control_frequency, cfg.max_episode_steps) == (
         ["pelvis_x", "pelvis_y", "pelvis_rz"], 25, 75)
@@ -340,6 +340,31 @@ def test_state_without_joint_velocities(demo_setup):
         env.close()
     assert np.abs(env_states[True][29:58]).max() > 0  # the robot moves after a step: velocities are not zero
     np.testing.assert_array_equal(env_states[False], env_states[True][keep])
+
+
+def test_elapsed_time_and_proprioception_switches_shape_the_state_alike(demo_setup):
+    """elapsed_time appends step / max_episode_steps, proprioception=false keeps that alone: in the demos and in the
+    environment, whose step counter restarts at every reset."""
+    _, kwargs, full = demo_setup
+    horizon = 40
+    with_time = load_bigym_demos(**{**kwargs, "elapsed_time": True, "max_episode_steps": horizon})
+    time_only = load_bigym_demos(**{**kwargs, "elapsed_time": True, "max_episode_steps": horizon,
+                                    "proprioception": False})
+    for full_ep, ep, alone in zip(full, with_time, time_only):
+        clock = np.arange(len(full_ep["state"]), dtype=np.float32)[:, None] / horizon
+        np.testing.assert_array_equal(ep["state"], np.concatenate([full_ep["state"], clock], axis=1))
+        np.testing.assert_array_equal(alone["state"], clock)
+        np.testing.assert_array_equal(alone["images"], full_ep["images"])  # the cameras stay
+    env = BiGymEnv(TASK, num_envs=2, cameras=[], image_size=1, control_frequency=CONTROL_FREQUENCY,
+                   max_episode_steps=horizon, elapsed_time=True, proprioception=False)
+    for _ in range(2):  # the second reset starts the clock at 0 again
+        states = [env.reset(seed=0)["state"]]
+        states += [env.step(np.zeros((2, env.action_dim), np.float32))[0]["state"] for _ in range(3)]
+        np.testing.assert_array_equal(np.stack(states), np.arange(4, dtype=np.float32)[:, None, None] / horizon
+                                      * np.ones((1, 2, 1), np.float32))
+    env.close()
+    with pytest.raises(UserInputError, match="proprioception=false and elapsed_time=false leave the policy's state empty"):
+        BiGymEnv(TASK, num_envs=1, cameras=[], image_size=1, proprioception=False)
 
 
 def test_absolute_base_actions_replay_the_demo(demo_setup):

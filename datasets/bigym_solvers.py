@@ -460,10 +460,10 @@ class ScriptedTask:
     recipe: everything training on the task's scripted demos needs from the config, so that naming the task
     reproduces its row in benchmarks/RESULTS.md: the base joints its solver moves, the control rate its demos still
     solve the task at when re-simulated, an episode with room beyond the longest demo, what the policy sees
-    (cameras, joint velocities, proprioception and elapsed time in the state), how its chunks are executed and what base action it predicts, the DART noise
-    its demos are made with (demo_noise, rad on the arm joints; 0: the plan itself), and the training iterations
-    (total_iters, measured with configs/ACT_bigym_cpu_config.yaml's model and batch of 32). Applied below the
-    user's own settings.
+    (cameras; joint velocities, proprioception and elapsed time in the state), how its chunks are executed and what
+    base action it predicts, the DART noise its demos are made with (demo_noise, rad on the arm joints; 0: the plan
+    itself), and the training iterations (total_iters, measured with configs/ACT_bigym_cpu_config.yaml's model and
+    batch of 32). Applied below the user's own settings.
     """
 
     solve: Callable  # (env, ScriptedMotion, numpy Generator) -> None: plans one episode's motion
@@ -488,10 +488,10 @@ SCRIPTED_TASKS = {  # BiGym task class name -> ScriptedTask
     # Crouches (pelvis_z). Decimated to 25 Hz, 62 of 100 demos no longer close everything; at 50 Hz all do.
     # Demos about 9 s; 10 s episodes. The solver keeps one timetable whatever the door and trays show (the median of
     # its 100 plans, replayed blind, closes everything from 50 of 50 held-out starts), so the policy sees the elapsed
-    # time alone: 98% at 2000 iterations. With the proprioception it over-fits to the start pose each demo carries
-    # through its joints and drifts in closed loop: 8% with or without head + left wrist cameras, 4% with the time
-    # added (benchmarks/RESULTS.md). Absolute base targets and whole 50-step chunks played open loop. DART noise
-    # 0.03 rad: 100 of 170 attempts solved (0.05: 1 of 9).
+    # time alone: 100% with two seeds (0% at 1000 iterations). With the proprioception it over-fits to the start pose
+    # each demo carries through its joints and drifts in closed loop: 8% with or without head + left wrist cameras,
+    # 4% with the time added (benchmarks/RESULTS.md). Absolute base targets and whole 50-step chunks played open
+    # loop. DART noise 0.03 rad: 100 of 170 attempts solved (0.05: 1 of 9).
     "DishwasherClose": ScriptedTask(solve_dishwasher_close, version=1, recipe={
         "floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_z", "pelvis_rz"], "control_frequency": 50,
         "max_episode_steps": 500, "cameras": [], "proprioception": False, "elapsed_time": True,

@@ -188,7 +188,8 @@ def check_state_contents(proprioception: bool, elapsed_time: bool, max_episode_s
         raise UserInputError("proprioception=false and elapsed_time=false leave the policy's state empty: "
                              "set one of them to true")
     if elapsed_time and max_episode_steps < 1:
-        raise UserInputError(f"elapsed_time=true needs max_episode_steps >= 1 to scale the time by, got {max_episode_steps}")
+        raise UserInputError(f"elapsed_time=true needs max_episode_steps >= 1 to scale the time by, "
+                             f"got {max_episode_steps}")
 
 
 def policy_state(states: np.ndarray, steps, max_episode_steps: int, proprioception: bool = True,
@@ -378,8 +379,8 @@ class BiGymEnv(RobotEnv):
 
     def _convert(self, observations: list[dict]) -> dict:
         states = np.stack([bigym_state_vector(obs, self.joint_velocities) for obs in observations])  # (E, S)
-        # (E, S), (E, S + 1) or (E, 1)
-        out = {"state": policy_state(states, self.steps, self.max_episode_steps, self.proprioception, self.elapsed_time)}
+        states = policy_state(states, self.steps, self.max_episode_steps, self.proprioception, self.elapsed_time)
+        out = {"state": states}  # (E, S), (E, S + 1) or (E, 1)
         if self.cameras:
             # (E, N, 3, H, W)
             out["images"] = np.stack([bigym_camera_images(obs, self.cameras) for obs in observations])

@@ -363,7 +363,7 @@ def test_elapsed_time_and_proprioception_switches_shape_the_state_alike(demo_set
         np.testing.assert_array_equal(np.stack(states), np.arange(4, dtype=np.float32)[:, None, None] / horizon
                                       * np.ones((1, 2, 1), np.float32))
     env.close()
-    with pytest.raises(UserInputError, match="proprioception=false and elapsed_time=false leave the policy's state empty"):
+    with pytest.raises(UserInputError, match="proprioception=false and elapsed_time=false leave the policy's state"):
         BiGymEnv(TASK, num_envs=1, cameras=[], image_size=1, proprioception=False)
 
 

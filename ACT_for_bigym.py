@@ -18,7 +18,7 @@ checkpoints, videos) -> final evaluation.
 
 from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, load_bigym_demos
 from datasets.bigym_solvers import scripted_recipe
-from env.bigym_env import BiGymEnv, resolve_task
+from env.bigym_env import BiGymEnv, check_state_contents, resolve_task
 from utils.config import parse_args, repo_path, run_main
 from utils.distributed import init_distributed, main_process_first
 from utils.training import build_policy, evaluate_checkpoint, final_summary, prepare_data, start_run, train
@@ -54,7 +54,8 @@ def main():
     # 1. Config: YAML + (scripted demos) the task's recipe + key=value overrides (resume / eval start from the
     #    checkpoint's own config).
     cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__, task_defaults=scripted_recipe)
-    resolve_task(cfg.env_id)
+    resolve_task(cfg.env_id)  # a wrong task name or state stops here, before the run's folders are made
+    check_state_contents(cfg.proprioception, cfg.elapsed_time, cfg.max_episode_steps)
     run = start_run(cfg, checkpoint, distributed)
     if cfg.mode == "eval":
         evaluate_checkpoint(cfg, run, lambda n: make_env(cfg, n))

@@ -3,6 +3,9 @@
 Needs BiGym (scripts/install_bigym.sh); skipped without it. About two minutes on 2 CPU cores.
 """
 
+import subprocess
+import sys
+
 import pytest
 
 pytest.importorskip("bigym", reason="BiGym is not installed: run scripts/install_bigym.sh <bigym source>")
@@ -21,7 +24,7 @@ from env.bigym_env import (DEFAULT_FLOATING_DOFS, BiGymEnv, make_bigym_env, reso
 from env.errors import UserInputError  # noqa: E402
 from models.act import ACT  # noqa: E402
 from models.policy import ACTPolicy, ChunkedActionExecutor  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.config import REPO_ROOT, load_config  # noqa: E402
 
 TASK = "ReachTarget"  # the shortest scripted task (about 2 s): keeps rendering cheap
 CAMERAS = ["head", "left_wrist", "right_wrist"]
@@ -365,6 +368,18 @@ def test_elapsed_time_and_proprioception_switches_shape_the_state_alike(demo_set
     env.close()
     with pytest.raises(UserInputError, match="proprioception=false and elapsed_time=false leave the policy's state"):
         BiGymEnv(TASK, num_envs=1, cameras=[], image_size=1, proprioception=False)
+
+
+def test_empty_state_stops_the_entry_script_before_it_writes_anything(tmp_path):
+    result = subprocess.run([sys.executable, "ACT_for_bigym.py", "--config", "configs/ACT_bigym_cpu_config.yaml",
+                             "env_id=DishwasherClose", "proprioception=false", "elapsed_time=false",
+                             f"ckpt_dir={tmp_path / 'ckpts'}", f"video_dir={tmp_path / 'videos'}"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == ("error: proprioception=false and elapsed_time=false leave the policy's state empty: "
+                    "set one of them to true")
+    assert not list(tmp_path.iterdir())  # no run folder, no video folder
 
 
 def test_absolute_base_actions_replay_the_demo(demo_setup):

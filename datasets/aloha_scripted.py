@@ -1,0 +1,175 @@
+"""Scripted ALOHA sim demonstrations (transfer_cube, insertion), written in the ALOHA HDF5 layout (datasets/aloha_hdf5.py).
+
+How a demo is made (the ACT paper's recipe, our own waypoints):
+  1. end-effector rollout: in gym-aloha's mocap task (both grippers welded to mocap bodies), each arm follows
+     waypoints computed from the objects' start poses (above the object, down, close, lift, meet, hand over /
+     insert), interpolated linearly step by step. No camera is rendered.
+  2. joint replay: the arm joint positions that rollout went through, with the grippers' normalised commands, are
+     replayed as joint-position actions in the joint-space task (the one the policy acts in, env/aloha_env.py) from
+     the same start; the top camera is rendered here only. An episode is kept when the replay reaches reward 4.
+Recorded per step t (T = 400): observations/qpos[t] the state before the step, observations/images/top[t] the frame
+before the step, action[t] the joint command of step t. Demo seeds start at DEMO_SEED_OFFSET, far from the
+evaluation's seeds (0, 1, ...), so a policy is never evaluated on a scene it was trained on.
+
+Frames are stored at the cameras' native 480x640 (the paper's; training resizes them, datasets/own_data.py) as JPEG
+rows (quality JPEG_QUALITY), the compressed layout ALOHA's own recorder writes: about 20 MB per episode instead of
+370 MB raw.
+
+The weld that ties a gripper to its mocap body holds it 13.5 cm behind the mocap point (MuJoCo 3 computes the weld's
+relative pose from the model's reference configuration), so the mocap point sits between the fingertips: waypoints
+below say where the fingertips go.
+"""
+
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from datasets.aloha_hdf5 import write_episode
+from env.aloha_env import AlohaSim, MAX_EPISODE_STEPS, SUCCESS_REWARD, check_task, object_pose
+
+DEMO_SEED_OFFSET = 1_000_000  # demo i uses seed DEMO_SEED_OFFSET + i; evaluation seeds count up from 0
+JPEG_QUALITY = 95
+CAMERA = "top"  # the paper's single camera
+
+
+# --------------------------------------------------------------------------------------------------
+# Waypoints
+# --------------------------------------------------------------------------------------------------
+def rotation(axis, degrees: float) -> np.ndarray:
+    """Unit quaternion [w, x, y, z] of a rotation about `axis`."""
+    axis = np.asarray(axis, np.float64) / np.linalg.norm(axis)
+    half = np.radians(degrees) / 2
+    return np.concatenate([[np.cos(half)], np.sin(half) * axis])
+
+
+def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a * b: rotate by b, then by a."""
+    w1, x1, y1, z1 = a
+    w2, x2, y2, z2 = b
+    return np.array([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
+                     w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+                     w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
+                     w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2])
+
+
+def interpolate(waypoints: list[tuple], step: int) -> np.ndarray:
+    """Waypoints [(step, xyz, quaternion, gripper)] sorted by step -> the (8,) mocap pose + gripper at `step`,
+    linear between the two surrounding waypoints (quaternions renormalised), held after the last."""
+    for (t0, *a), (t1, *b) in zip(waypoints, waypoints[1:]):
+        if t0 <= step <= t1:
+            f = (step - t0) / (t1 - t0)
+            xyz, quat, gripper = [(1 - f) * np.asarray(u, np.float64) + f * np.asarray(v, np.float64)
+                                  for u, v in zip(a, b)]
+            return np.concatenate([xyz, quat / np.linalg.norm(quat), [gripper]])
+    _, xyz, quat, gripper = waypoints[-1]
+    return np.concatenate([xyz, quat, [gripper]])
+
+
+def start_mocap_poses(sim: AlohaSim) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(xyz, quaternion)] of the left and right mocap bodies that hold the grippers where they are now.
+
+    The weld holds gripper = mocap * relpose (relpose from the model, eq_data[3:10]); inverted here, so that the
+    first waypoint does not jerk the arms (gym-aloha's reset puts the mocap bodies on the grippers themselves)."""
+    physics = sim.physics
+    poses = []
+    for side, relpose in zip(("left", "right"), physics.model.eq_data[:2, 3:10]):
+        gripper_xyz = physics.named.data.xpos[f"vx300s_{side}/gripper_link"]
+        gripper_quat = physics.named.data.xquat[f"vx300s_{side}/gripper_link"]
+        rel_xyz, rel_quat = relpose[:3], relpose[3:]
+        quat = quat_multiply(gripper_quat, rel_quat * [1, -1, -1, -1])  # gripper * relpose^-1
+        xyz = gripper_xyz - rotate_vector(quat, rel_xyz)
+        poses.append((xyz, quat))
+    return poses
+
+
+def rotate_vector(quat: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    rotated = quat_multiply(quat_multiply(quat, np.concatenate([[0.0], vector])), quat * [1, -1, -1, -1])
+    return rotated[1:]
+
+
+ARM_BASE = {"left": np.array([-0.469, 0.5]), "right": np.array([0.469, 0.5])}  # x, y of each arm's waist
+
+
+def down(side: str, degrees: float, toward=None) -> np.ndarray:
+    """Mocap quaternion of a gripper pitched `degrees` below horizontal, pointing inwards, or, given `toward` (x, y),
+    turned about the vertical to point there from its arm's base (an arm reaches sideways by turning its waist).
+    Both arms' mocap frames are the identity when their gripper points horizontally inwards (the weld's relpose turns
+    the right one), so the right arm's pitch and heading are mirrored."""
+    sign = 1 if side == "left" else -1
+    heading = 0.0
+    if toward is not None:
+        dx, dy = sign * (np.asarray(toward)[:2] - ARM_BASE[side])
+        heading = sign * np.degrees(np.arctan2(dy, dx))
+    return quat_multiply(rotation([0, 0, 1], heading), rotation([0, 1, 0], sign * degrees))
+
+
+def transfer_cube_waypoints(pose: np.ndarray, start: list) -> tuple[list, list]:
+    """The right arm picks the cube up and carries it to the meeting point; the left arm, fingers closing vertically,
+    takes it there; the right lets go and backs off."""
+    cube = np.array([pose[0], pose[1], CUBE_HALF])
+    meet = np.array([0.0, 0.5, 0.25])
+    (left_xyz, left_quat), (right_xyz, right_quat) = start
+    pick = down("right", 60, toward=cube)
+    take = quat_multiply(rotation([1, 0, 0], 90), down("left", 0))  # rolled: fingers close along z
+    right = [(0, right_xyz, right_quat, 0),
+             (90, cube + [0.0, 0, 0.08], pick, 1),  # above the cube, open
+             (130, cube + [0.0, 0, 0.0], pick, 1),  # fingertips around it
+             (170, cube + [0.0, 0, 0.0], pick, 0),  # closed
+             (220, meet + [0.0, 0, 0.0], pick, 0),  # carried to the meeting point
+             (310, meet + [0.0, 0, 0.0], pick, 0),
+             (330, meet + [0.0, 0, 0.0], pick, 1),  # let go
+             (370, meet + [0.12, 0, 0.05], pick, 1),  # back off
+             (400, meet + [0.12, 0, 0.05], pick, 1)]
+    left = [(0, left_xyz, left_quat, 0),
+            (120, meet + [-0.12, 0, -0.015], take, 1),  # waiting beside the meeting point, open
+            (260, meet + [0.015, 0, -0.015], take, 1),  # fingers around the cube's near half
+            (300, meet + [0.015, 0, -0.015], take, 0),  # closed
+            (360, meet + [-0.1, 0, -0.015], take, 0),  # pulled away with the cube
+            (400, meet + [-0.1, 0, -0.015], take, 0)]
+    return left, right
+
+
+# The welds' constraint impedance. gym-aloha's (.25 .25 0.001) is so soft that under MuJoCo 3 a gripper reaching down
+# to the table hangs 4 cm above its mocap target and 15 degrees off its pitch, and misses the cube; MuJoCo's default
+# impedance with a narrower transition holds it within a few millimetres.
+WELD_SOLIMP = [0.95, 0.99, 0.001, 0.5, 2]
+CUBE_HALF = 0.02  # the cube's half size: its centre's height when it rests on the table (z = 0)
+WAYPOINTS = {"transfer_cube": transfer_cube_waypoints}
+
+
+def end_effector_rollout(task: str, pose: np.ndarray, frames_every: int = 0):
+    """Run the task's waypoints in the mocap task. Returns (joint commands (T, 14), rewards (T,), frames)."""
+    sim = AlohaSim(task, end_effector=True)
+    sim.physics.model.eq_solimp[:2] = WELD_SOLIMP
+    sim.reset(pose)
+    start = start_mocap_poses(sim)
+    for i, (xyz, quat) in enumerate(start):
+        sim.physics.data.mocap_pos[i], sim.physics.data.mocap_quat[i] = xyz, quat
+    left, right = WAYPOINTS[task](pose, start)
+    commands, rewards, frames = [], [], []
+    for t in range(MAX_EPISODE_STEPS):
+        action = np.concatenate([interpolate(left, t), interpolate(right, t)])
+        rewards.append(sim.step(action))
+        joints = sim.state()
+        joints[[6, 13]] = action[[7, 15]]  # the grippers: their normalised commands, not where the fingers are
+        commands.append(joints)
+        if frames_every and t % frames_every == 0:
+            frames.append(sim.physics.render(240, 320, camera_id="angle"))
+    return np.array(commands, np.float32), np.array(rewards), frames
+
+
+def joint_replay(task: str, pose: np.ndarray, commands: np.ndarray, record_camera: bool):
+    """Replay joint commands (T, 14) in the joint-space task from the same start. Returns (states (T, 14): before
+    each step, rewards (T,): after each step, frames (T, 480, 640, 3) of the top camera before each step, or None)."""
+    sim = AlohaSim(task)
+    sim.reset(pose)
+    states, rewards, frames = [], [], []
+    for command in commands:
+        states.append(sim.state())
+        if record_camera:
+            frames.append(sim.images([CAMERA])[0].transpose(1, 2, 0))
+        rewards.append(sim.step(command))
+    return np.array(states), np.array(rewards), np.array(frames) if record_camera else None

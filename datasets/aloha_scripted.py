@@ -137,7 +137,41 @@ def transfer_cube_waypoints(pose: np.ndarray, start: list) -> tuple[list, list]:
 # impedance with a narrower transition holds it within a few millimetres.
 WELD_SOLIMP = [0.95, 0.99, 0.001, 0.5, 2]
 CUBE_HALF = 0.02  # the cube's half size: its centre's height when it rests on the table (z = 0)
-WAYPOINTS = {"transfer_cube": transfer_cube_waypoints}
+PEG_HALF_HEIGHT, SOCKET_HALF_HEIGHT = 0.01, 0.022  # their centres' heights at rest on the table
+
+
+def insertion_waypoints(pose: np.ndarray, start: list) -> tuple[list, list]:
+    """Each arm picks up its object (right: the peg, left: the socket) with the fingers closing across it, so that
+    both stay along x; both lift, meet in line above the table, and the right arm pushes the peg into the socket."""
+    peg = np.array([pose[0], pose[1], PEG_HALF_HEIGHT])
+    socket = np.array([pose[7], pose[8], SOCKET_HALF_HEIGHT])
+    meet = np.array([0.0, 0.5, 0.25])
+    (left_xyz, left_quat), (right_xyz, right_quat) = start
+    right_pick, left_pick = down("right", 60), down("left", 60)
+    right = [(0, right_xyz, right_quat, 0),
+             (100, peg + [0, 0, 0.08], right_pick, 1),
+             (140, peg + [0, 0, GRIP_ABOVE], right_pick, 1),
+             (170, peg + [0, 0, GRIP_ABOVE], right_pick, 0),
+             (200, peg + [0, 0, GRIP_ABOVE], right_pick, 0),  # the fingers close slowly (their joints' friction)
+             (230, peg + [0, 0, 0.1], right_pick, 0),
+             (280, meet + [INSERT_START, 0, GRIP_ABOVE], right_pick, 0),  # peg in line with the socket, its tip outside
+             (380, meet + [INSERT_END, 0, GRIP_ABOVE], right_pick, 0),  # pushed in
+             (400, meet + [INSERT_END, 0, GRIP_ABOVE], right_pick, 0)]
+    left = [(0, left_xyz, left_quat, 0),
+            (100, socket + [0, 0, 0.08], left_pick, 1),
+            (140, socket, left_pick, 1),
+            (170, socket, left_pick, 0),
+            (200, socket, left_pick, 0),
+            (230, socket + [0, 0, 0.1], left_pick, 0),
+            (280, meet + [-SOCKET_AT, 0, 0], left_pick, 0),
+            (400, meet + [-SOCKET_AT, 0, 0], left_pick, 0)]
+    return left, right
+
+
+SOCKET_AT = 0.06
+GRIP_ABOVE = 0.008  # the peg is gripped this far above its centre: lower, the fingertips drag on the table
+INSERT_START, INSERT_END = 0.14, 0.03
+WAYPOINTS = {"transfer_cube": transfer_cube_waypoints, "insertion": insertion_waypoints}
 
 
 def end_effector_rollout(task: str, pose: np.ndarray, frames_every: int = 0):

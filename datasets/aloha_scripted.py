@@ -25,10 +25,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from datasets.aloha_hdf5 import write_episode
 from env.aloha_env import AlohaSim, MAX_EPISODE_STEPS, SUCCESS_REWARD, check_task, object_pose
+from env.errors import UserInputError
 
 DEMO_SEED_OFFSET = 1_000_000  # demo i uses seed DEMO_SEED_OFFSET + i; evaluation seeds count up from 0
 JPEG_QUALITY = 95
@@ -207,3 +209,65 @@ def joint_replay(task: str, pose: np.ndarray, commands: np.ndarray, record_camer
             frames.append(sim.images([CAMERA])[0].transpose(1, 2, 0))
         rewards.append(sim.step(command))
     return np.array(states), np.array(rewards), np.array(frames) if record_camera else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Demos on disk
+# --------------------------------------------------------------------------------------------------
+def scripted_episode(task: str, seed: int, record_camera: bool):
+    """The scripted demo of episode `seed`: (states (T, 14), actions (T, 14), frames (T, 480, 640, 3) or None,
+    max reward of the joint replay)."""
+    pose = object_pose(task, seed)
+    commands, _, _ = end_effector_rollout(task, pose)
+    states, rewards, frames = joint_replay(task, pose, commands, record_camera)
+    return states, commands, frames, rewards.max()
+
+
+def write_demo(task: str, seed: int, path: Path):
+    """Render and write one demo already known to succeed (the simulation is deterministic); in a worker process."""
+    states, actions, frames, max_reward = scripted_episode(task, seed, record_camera=True)
+    if max_reward != SUCCESS_REWARD:
+        raise RuntimeError(f"{task} seed {seed}: the replay with the camera reached reward {max_reward}, without "
+                           f"it {SUCCESS_REWARD}; the simulation should be deterministic")
+    tmp = path.with_suffix(".tmp")
+    write_episode(tmp, states, actions, {CAMERA: frames}, jpeg_quality=JPEG_QUALITY)
+    with h5py.File(tmp, "a") as file:  # where it came from, for whoever reads the file later
+        file.attrs["task"], file.attrs["seed"] = task, seed
+    tmp.rename(path)  # whole files only: a killed run leaves no half-written episode
+
+
+def make_scripted_demos(task: str, num_demos: int, out_dir, workers: int = 1) -> dict:
+    """Write num_demos successful scripted demos as out_dir/episode_<i>.hdf5 (datasets/aloha_hdf5.py's layout).
+
+    Seeds DEMO_SEED_OFFSET, +1, ... are tried in order without the camera (under a second each) until num_demos reach
+    reward 4; those are then replayed again with the top camera (the slow part, about 400 frames) and written, in
+    `workers` processes. Files already there are kept (a killed run resumes). Returns made, attempted, seconds."""
+    check_task(task)
+    if num_demos < 1:
+        raise UserInputError(f"num_demos={num_demos}: making demos needs a number >= 1")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    seeds, seed = [], DEMO_SEED_OFFSET
+    while len(seeds) < num_demos:
+        if seed - DEMO_SEED_OFFSET >= 3 * num_demos + 10:
+            raise RuntimeError(f"{task}: only {len(seeds)} of {seed - DEMO_SEED_OFFSET} scripted episodes reached "
+                               f"reward {SUCCESS_REWARD}; {num_demos} needed")
+        if scripted_episode(task, seed, record_camera=False)[3] == SUCCESS_REWARD:
+            seeds.append(seed)
+        seed += 1
+    attempted = seed - DEMO_SEED_OFFSET
+    print(f"[aloha demos] {task}: {num_demos} of {attempted} scripted episodes reach reward {SUCCESS_REWARD}; "
+          f"rendering and writing them to {out_dir} with {workers} worker(s)")
+    jobs = [(task, seed, out_dir / f"episode_{i}.hdf5") for i, seed in enumerate(seeds)
+            if not (out_dir / f"episode_{i}.hdf5").exists()]
+    if workers > 1 and len(jobs) > 1:
+        # spawn: a fresh process per worker, without this one's threads or GL context
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(write_demo, *zip(*jobs)))
+    else:
+        for job in jobs:
+            write_demo(*job)
+    seconds = time.time() - started
+    print(f"[aloha demos] wrote {len(jobs)} episode(s) in {seconds:.0f} s ({num_demos} in {out_dir})")
+    return {"made": num_demos, "attempted": attempted, "seconds": seconds}

@@ -13,16 +13,20 @@ held-out demos, success rate in the simulator, checkpoints, videos) -> final eva
 """
 
 from datasets.maniskill_demos import default_demo_path, generate_demos, load_maniskill_demos, task_recipe
-from datasets.replay_buffer import infer_action_type
+from datasets.chunk_dataset import infer_action_type
 from env.maniskill_env import ManiSkillEnv, check_cameras, check_env_id
+from models.policy import build_policy
 from utils.config import parse_args, repo_path, run_main
 from utils.distributed import init_distributed, main_process_first
-from utils.training import build_policy, evaluate_checkpoint, final_summary, prepare_data, start_run, train
+from utils.evaluation import evaluate_checkpoint
+from utils.run_setup import prepare_data, start_run
+from utils.schema import ManiSkillRun
+from utils.training import final_summary, train
 
 DEFAULT_CONFIG = "configs/ACT_maniskill_config.yaml"
 
 
-def load_episodes(cfg):
+def load_episodes(cfg: ManiSkillRun):
     """The configured demo file, generated with ManiSkill's motion planner first if it is missing."""
     path = repo_path(cfg.demo_path or default_demo_path(cfg.demo_dir, cfg.env_id, cfg.obs_mode, cfg.control_mode,
                                                         cfg.num_demos))
@@ -33,7 +37,7 @@ def load_episodes(cfg):
                                 cfg.image_crop)
 
 
-def make_env(cfg, num_envs: int) -> ManiSkillEnv:
+def make_env(cfg: ManiSkillRun, num_envs: int) -> ManiSkillEnv:
     return ManiSkillEnv(cfg.env_id, num_envs, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.max_episode_steps,
                         cfg.sim_backend, cfg.render_backend, cfg.image_size, cfg.image_crop)
 
@@ -59,7 +63,8 @@ def main():
     data = prepare_data(cfg, episodes, action_type)
 
     # 3. Model: the ACT policy, sized by cfg.model, carrying the statistics.
-    policy = build_policy(cfg, data.shape_meta, data.stats, checkpoint)
+    policy = build_policy(cfg.model, data.shape_meta, data.stats, cfg.frame_stack,
+                          saved_meta=checkpoint and checkpoint["shape_meta"])
 
     # 4. Train: validation loss, simulator success rate, checkpoints and videos along the way.
     final = train(cfg, run, policy, data, lambda n: make_env(cfg, n))

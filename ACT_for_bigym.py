@@ -10,27 +10,30 @@
     python ACT_for_bigym.py mode=eval checkpoint=ckpts/<run>/best.pt                 # evaluate only
     torchrun --standalone --nproc_per_node=2 ACT_for_bigym.py ...                    # 2 processes (DDP)
 
-The story: config -> demonstrations (BiGym's DemoStore: human demos, or scripted ones made here; re-rendered
-for the configured cameras) -> replay
-buffer -> ACT policy -> training loop (validation on held-out demos, success rate in the simulator,
-checkpoints, videos) -> final evaluation.
+The story: config -> demonstrations (BiGym's DemoStore: human demos, or scripted ones made here; re-rendered for
+the configured cameras) -> chunk dataset -> ACT policy -> training loop (validation on held-out demos, success
+rate in the simulator, checkpoints, videos) -> final evaluation.
 """
 
 from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, load_bigym_demos
 from datasets.bigym_solvers import scripted_recipe
 from env.bigym_env import BiGymEnv, check_state_contents, resolve_task
+from models.policy import build_policy
 from utils.config import parse_args, repo_path, run_main
 from utils.distributed import init_distributed, main_process_first
-from utils.training import build_policy, evaluate_checkpoint, final_summary, prepare_data, start_run, train
+from utils.evaluation import evaluate_checkpoint
+from utils.run_setup import prepare_data, start_run
+from utils.schema import BiGymRun
+from utils.training import final_summary, train
 
 DEFAULT_CONFIG = "configs/ACT_bigym_config.yaml"
 
 
-def load_episodes(cfg):
+def load_episodes(cfg: BiGymRun):
     """The task's demos through BiGym's DemoStore (human: downloaded on first use; scripted: made here when
     missing), re-simulated for this config."""
     cache_root = cfg.demo_cache_root or (SCRIPTED_DEMO_ROOT if cfg.demo_source == "scripted" else None)
-    return load_bigym_demos(cfg.env_id, cfg.num_demos, cfg.cameras, cfg.image_size, cfg.action_mode,
+    return load_bigym_demos(cfg.env_id, cfg.num_demos, cfg.cameras, cfg.image_size, cfg.action_type,
                             cfg.control_frequency, cfg.fast_rendering,
                             cache_root=repo_path(cache_root) if cache_root else None,
                             episode_cache_dir=repo_path(cfg.episode_cache_dir) if cfg.episode_cache_dir else None,
@@ -40,8 +43,8 @@ def load_episodes(cfg):
                             max_episode_steps=cfg.max_episode_steps, proprioception=cfg.proprioception)
 
 
-def make_env(cfg, num_envs: int) -> BiGymEnv:
-    return BiGymEnv(cfg.env_id, num_envs, cfg.cameras, cfg.image_size, cfg.action_mode, cfg.control_frequency,
+def make_env(cfg: BiGymRun, num_envs: int) -> BiGymEnv:
+    return BiGymEnv(cfg.env_id, num_envs, cfg.cameras, cfg.image_size, cfg.action_type, cfg.control_frequency,
                     cfg.max_episode_steps, cfg.fast_rendering, perturbed_starts=cfg.perturbed_starts,
                     floating_dofs=cfg.floating_dofs, joint_velocities=cfg.joint_velocities, base_action=cfg.base_action,
                     elapsed_time=cfg.elapsed_time, proprioception=cfg.proprioception)
@@ -64,10 +67,11 @@ def main():
     # 2. Data: demonstrations -> train/validation replay buffers + normalisation statistics.
     with main_process_first(distributed):  # under torchrun rank 0 makes missing demos and caches first
         episodes = load_episodes(cfg)
-    data = prepare_data(cfg, episodes, action_type=cfg.action_mode)
+    data = prepare_data(cfg, episodes, cfg.action_type)
 
     # 3. Model: the ACT policy, sized by cfg.model, carrying the statistics.
-    policy = build_policy(cfg, data.shape_meta, data.stats, checkpoint)
+    policy = build_policy(cfg.model, data.shape_meta, data.stats, cfg.frame_stack,
+                          saved_meta=checkpoint and checkpoint["shape_meta"])
 
     # 4. Train: validation loss, simulator success rate, checkpoints and videos along the way.
     final = train(cfg, run, policy, data, lambda n: make_env(cfg, n))

@@ -8,33 +8,31 @@
     torchrun --standalone --nproc_per_node=2 ACT_for_dataset.py data.path=...       # 2 processes (DDP)
 
 The story: config -> episodes read from the folder (checked first, images resized to the training size as
-they are read) -> replay buffer -> ACT policy -> training loop (validation on held-out episodes: the deployed
+they are read) -> chunk dataset -> ACT policy -> training loop (validation on held-out episodes: the deployed
 policy's L1 picks best.pt; checkpoints, curves) -> run the checkpoint on the robot with utils/deploy.py.
 """
 
-from datasets.own_data import detect_format, load_own_episodes
+from datasets.own_data import read_dataset
 from env.errors import UserInputError
+from models.policy import build_policy
+from utils.checkpoint import policy_from_checkpoint
 from utils.config import parse_args, repo_path, run_main
 from utils.distributed import init_distributed
-from utils.training import build_policy, final_summary, policy_from_checkpoint, prepare_data, start_run, train, validate
+from utils.evaluation import validate
+from utils.run_setup import prepare_data, start_run
+from utils.schema import DatasetRun
+from utils.training import final_summary, train
 
 DEFAULT_CONFIG = "configs/ACT_dataset_config.yaml"
 
 
-def load_episodes(cfg):
-    """The dataset's episodes; the format and cameras found are written into cfg, so that config.yaml and every
-    checkpoint record what was trained on (utils/deploy.py reads the camera order from there)."""
-    data = cfg.data
-    if not data.path:
+def load_episodes(cfg: DatasetRun) -> tuple[list[dict], list[str]]:
+    """The dataset's episodes and the cameras read, in order (every checkpoint records them, so that
+    utils/deploy.py takes named camera frames in the trained order)."""
+    if not cfg.data.path:
         raise UserInputError("data.path: not set; expected your dataset folder, e.g. data.path=/data/my_task")
-    if data.action_type not in ("absolute", "delta"):
-        raise UserInputError(f"data.action_type must be 'absolute' or 'delta', got {data.action_type!r}")
-    data.format = detect_format(repo_path(data.path), data.format)
-    keys = data[data.format]
-    episodes, cameras = load_own_episodes(repo_path(data.path), data.format, keys.state, keys.action, keys.cameras,
-                                          data.image_size, data.num_episodes, data.aloha_hdf5.shift_real_actions)
-    keys.cameras = cameras
-    return episodes
+    episodes, cameras, _ = read_dataset(cfg.data, repo_path(cfg.data.path))
+    return episodes, cameras
 
 
 def main():
@@ -43,16 +41,15 @@ def main():
 
     # 1. Config: YAML + key=value overrides; resume / eval start from the checkpoint's own config.
     cfg, checkpoint = parse_args(DEFAULT_CONFIG, __doc__)
-    cfg.num_eval_episodes = 0  # the shared loop's simulator switch: there is none, best.pt follows val/l1
 
     # 2. Data, read and checked before anything is written: a bad file stops here with one line.
-    episodes = load_episodes(cfg)
+    episodes, cameras = load_episodes(cfg)
     run = start_run(cfg, checkpoint, distributed, task=repo_path(cfg.data.path).name)
-    data = prepare_data(cfg, episodes, cfg.data.action_type)
+    data = prepare_data(cfg, episodes, cfg.action_type, cameras)
     if cfg.mode == "eval":
         if data.val_set is None:
             raise UserInputError("mode=eval reports the validation L1 and needs val_fraction > 0")
-        policy = policy_from_checkpoint(cfg, checkpoint, run.device, cfg.checkpoint)
+        policy = policy_from_checkpoint(cfg.model, cfg.frame_stack, checkpoint, run.device, cfg.checkpoint)
         metrics = validate(policy, data.val_set, cfg.batch_size, run.device, distributed)
         run.logger.log(metrics, checkpoint["iteration"])
         run.finish()
@@ -60,10 +57,11 @@ def main():
         return
 
     # 3. Model: the ACT policy, sized by cfg.model, carrying the statistics.
-    policy = build_policy(cfg, data.shape_meta, data.stats, checkpoint)
+    policy = build_policy(cfg.model, data.shape_meta, data.stats, cfg.frame_stack,
+                          saved_meta=checkpoint and checkpoint["shape_meta"])
 
     # 4. Train: validation loss on held-out episodes picks best.pt; checkpoints and curves along the way.
-    final = train(cfg, run, policy, data, make_env=None)
+    final = train(cfg, run, policy, data)
     print(f"[done] {run.name}: {final_summary(final)}; checkpoints and curves in {run.ckpt_dir}. Run it with "
           f"utils/deploy.py: DeployedPolicy.from_checkpoint('{run.ckpt_dir / 'best.pt'}')")
 

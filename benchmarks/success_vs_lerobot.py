@@ -12,7 +12,7 @@ so anything else running changes what each one gets done.
 For every seed, one child process per implementation (ours, then LeRobot; the order flips from seed to seed):
   1. The same data: configs/ACT_maniskill_state_config.yaml's PickCube-v1 state demos (100 motion-planned episodes,
      generated into demos/ on first use), the same whole-episode 90/10 split (fixed by the seed), and the very same
-     batches in the same order, from our replay buffer (datasets/replay_buffer.py), for both.
+     batches in the same order, from our replay buffer (datasets/chunk_dataset.py), for both.
   2. Training for --minutes of training time (evaluation excluded: it runs after training), with the same torch
      threads; at each mark (--marks, minutes) a copy of the weights is kept.
   3. Every kept copy plays --eval-episodes unseen episodes (seeds 1000000, 1000001, ...) in our evaluation loop
@@ -26,7 +26,7 @@ decoder / VAE-encoder layers, latent size, dropout, CVAE with KL weight 10, batc
 decay, gradient clipping at grad_clip (LeRobot's training script clips at its optimiser's grad_clip_norm, 10 by
 default, the same value as ours).
 Each side otherwise runs as its own training script does:
-  * ours: utils/training.py's policy, optimiser (fused AdamW) and schedule (linear warm-up, cosine decay to zero at
+  * ours: models/policy.py's policy, utils/optimization.py's optimiser (fused AdamW) and schedule (linear warm-up, cosine decay to zero at
     total_iters; the run stops there, as `ACT_for_Maniskill.py` would, and the marks after it get the final
     weights), malloc reusing freed memory (utils/allocator.py), bf16 autocast on CUDA (amp); normalisation inside
     the policy with the training episodes' mean/std (std floored at 0.01).
@@ -45,7 +45,7 @@ Writes --out (JSON: every mark's iterations and success rates) and prints a mark
 """
 
 import argparse
-import copy
+import dataclasses
 import json
 import multiprocessing as mp
 import sys
@@ -57,15 +57,18 @@ import numpy as np
 import torch
 
 from ACT_for_Maniskill import DEFAULT_CONFIG, load_episodes, make_env
+from datasets.chunk_dataset import infer_action_type, make_train_loader
 from datasets.maniskill_demos import task_recipe
-from datasets.replay_buffer import infer_action_type, make_train_loader
 from env.errors import UserInputError
+from models.policy import build_policy
 from utils.allocator import reuse_freed_memory
-from utils.config import load_config, repo_path, run_main, to_config
+from utils.config import load_config, repo_path, run_main
+from utils.deploy import DeployedPolicy
 from utils.distributed import Distributed
-from utils.evaluation import evaluate_controller, evaluate_policy, summarize
-from utils.training import (build_optimizer, build_policy, build_scheduler, optimization_step, prepare_data,
-                            seed_everything, select_device)
+from utils.evaluation import evaluate_controller, summarize
+from utils.optimization import build_optimizer, build_scheduler, make_autocast, optimization_step
+from utils.run_setup import prepare_data, seed_everything, select_device
+from utils.schema import ManiSkillRun
 
 REPO = Path(__file__).resolve().parents[1]
 LEROBOT_SITE = REPO / "benchmarks" / ".lerobot_site"
@@ -150,12 +153,12 @@ class LeRobotController:
 # Training for a wall-clock budget
 # --------------------------------------------------------------------------------------------------
 def train_ours(cfg, data, device):
-    """Our policy and one optimisation step as utils/training.py's train() takes it. Returns (policy, step)."""
-    policy = build_policy(cfg, data.shape_meta, data.stats).to(device)
+    """Our policy and one optimisation step as utils/training.py's train() takes them. Returns (policy, step)."""
+    policy = build_policy(cfg.model, data.shape_meta, data.stats, cfg.frame_stack).to(device)
     reuse_freed_memory()  # as train() does on CPU, once the data is read
     optimizer = build_optimizer(cfg, policy)
     scheduler = build_scheduler(cfg, optimizer)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    autocast = make_autocast(cfg, device)
 
     def step(batch: dict, iteration: int):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -220,12 +223,11 @@ def train_for(step, policy, loader, marks_s: list[float], max_iters: int | None,
 # --------------------------------------------------------------------------------------------------
 # One implementation, one seed: a child process
 # --------------------------------------------------------------------------------------------------
-def run_one(impl: str, seed: int, cfg_tree: dict, args, result_path: str):
+def run_one(impl: str, seed: int, cfg: ManiSkillRun, args, result_path: str):
     """Train `impl` ("ours" or "lerobot"), evaluate its snapshots, write the outcome to result_path (JSON).
     args: the command line's, with the marks (args.marks_min) and episode count (args.num_episodes) resolved."""
     torch.set_num_threads(args.threads)
-    cfg = to_config(copy.deepcopy(cfg_tree))
-    cfg.seed = seed
+    cfg = dataclasses.replace(cfg, seed=seed)
     lerobot = import_lerobot() if impl == "lerobot" else None
     seed_everything(seed)
     device = select_device(cfg.device, Distributed())
@@ -255,8 +257,9 @@ def run_one(impl: str, seed: int, cfg_tree: dict, args, result_path: str):
             started = time.time()
             if impl == "ours":
                 policy.load_state_dict(snapshot["weights"])
-                result = evaluate_policy(policy, env, args.num_episodes, cfg.eval_seed,
-                                         temporal_ensemble=execution == "temporal ensemble", ensemble_k=cfg.ensemble_k)
+                deployed = DeployedPolicy.from_config(policy, cfg, frame_stack=1, query_frequency=None,
+                                                      temporal_ensemble=execution == "temporal ensemble")
+                result = evaluate_controller(deployed, env, args.num_episodes, cfg.eval_seed)
             else:
                 players[execution].load_state_dict(snapshot["weights"])
                 controller = LeRobotController(players[execution].eval(), preprocessor, postprocessor)
@@ -349,7 +352,7 @@ def main():
         for impl in args.impls if index % 2 == 0 else args.impls[::-1]:
             result_path = out.with_name(f"{out.stem}-{impl}-seed{seed}.json")
             child = mp.get_context("spawn").Process(target=run_one,
-                                                    args=(impl, seed, cfg.to_dict(), args, str(result_path)))
+                                                    args=(impl, seed, cfg, args, str(result_path)))
             child.start()
             child.join()
             if child.exitcode != 0:

@@ -314,7 +314,7 @@ def compare(impls: list[str], setting: str, batch_size: int, args) -> dict:
 
 def sampler_rate(args) -> float:
     """Batches/s of ChunkDataset + make_train_loader on a synthetic in-memory rgb dataset (one 128x128 camera)."""
-    from datasets.replay_buffer import ChunkDataset, make_train_loader  # only here: workers must not see it
+    from datasets.chunk_dataset import ChunkDataset, make_train_loader  # only here: workers must not see it
 
     rng = np.random.default_rng(0)
     episodes = [{"state": rng.standard_normal((args.episode_len, STATE_DIM), dtype=np.float32),

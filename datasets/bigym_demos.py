@@ -16,7 +16,7 @@ Pipeline for one task:
      the result, so re-rendering happens once.
 
 Output: a list of {"state": (T, S) float32, "actions": (T, A) float32, "images": (T, N, 3, H, W) uint8 (when
-cameras are set)}, the format datasets.replay_buffer.ChunkDataset takes.
+cameras are set)}, the format datasets.chunk_dataset.ChunkDataset takes.
 
 Two demo sources, one loading path (steps 1-5 are the same for both):
   - human (BiGym's release, above). Offline: unpack the release zip into <dir>/demonstrations/<DEMO_VERSION>/
@@ -327,7 +327,7 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
     joint_velocities: keep the joint velocities in the state (env.bigym_env.bigym_state_vector).
     base_action: "delta" (BiGym's) or "absolute" floating-base actions (see replay_demo).
     demo_noise: scripted demos only: the DART noise they are made with (datasets/bigym_solvers.py); each step is
-        labelled with the solver's plan (with action_mode=absolute).
+        labelled with the solver's plan (with action_type=absolute).
     elapsed_time, proprioception: what the policy's state holds, as the environment builds it (policy_state);
         applied after the episode cache, so cached episodes serve every setting.
     """
@@ -343,8 +343,8 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
         if num_demos < 1:
             raise UserInputError(f"demo_source=scripted needs num_demos >= 1 (how many to make), got {num_demos}")
         if demo_noise > 0 and action_mode != "absolute":
-            raise UserInputError(f"demo_noise={demo_noise} needs action_mode=absolute: the labels are the solver's "
-                                 f"planned joint targets, got action_mode={action_mode}")
+            raise UserInputError(f"demo_noise={demo_noise} needs action_type=absolute: the labels are the solver's "
+                                 f"planned joint targets, got action_type={action_mode}")
         make_scripted_demos(task, num_demos, cache_root, floating_dofs=floating_dofs, noise=demo_noise)
         cache_root = scripted_store_root(cache_root, task, demo_noise)
     elif demo_source == "human":

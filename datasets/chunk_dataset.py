@@ -1,4 +1,4 @@
-"""Demonstrations -> in-memory replay buffer -> batches of (observation, action chunk, is_pad).
+"""Demonstrations -> the offline chunk dataset (all episodes in memory) -> batches of (observation, action chunk, is_pad).
 
 Every demo source (ManiSkill HDF5, BiGym DemoStore) is first turned into a list of episodes
     {"state": (T, S) float32, "actions": (T, A) float32, optional "images": (T, N, C, H, W) uint8}

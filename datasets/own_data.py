@@ -10,7 +10,7 @@ with one line naming the file, the key (and the step) and what was expected. The
 and resizes every frame to the training size as it is read, so RAM holds
     frames x cameras x 3 x height x width  bytes
 (50 episodes x 400 steps x 4 cameras at 120x160: 4.3 GiB), never the recording's full resolution.
-The result is the replay buffer's episode format (datasets/replay_buffer.py):
+The result is the replay buffer's episode format (datasets/chunk_dataset.py):
     {"state": (T, S) float32, "actions": (T, A) float32, optional "images": (T, N, 3, H, W) uint8}
 """
 
@@ -117,11 +117,6 @@ def load_own_episodes(folder, data_format: str, state_keys: list[str], action_ke
     only: read the images of this one episode (all are checked) and return it alone (scripts/plot_dataset.py).
     """
     folder = Path(folder)
-    if image_size is not None and not (len(image_size) == 2 and all(isinstance(v, int) and v >= 32 for v in image_size)):
-        raise UserInputError(f"data.image_size must be [height, width] with integers >= 32 (ResNet18 shrinks "
-                             f"images 32x) or null, got {image_size!r}")
-    if num_episodes == 0 or num_episodes < -1:
-        raise UserInputError(f"data.num_episodes must be -1 (all) or an integer >= 1, got {num_episodes}")
     if data_format == "aloha_hdf5":
         reader = aloha_hdf5
         episodes = aloha_hdf5.scan(folder, state_keys, action_key, num_episodes, shift_real_actions)
@@ -153,3 +148,13 @@ def load_own_episodes(folder, data_format: str, state_keys: list[str], action_ke
             episodes[index]["images"][first_step:first_step + len(frames), camera] = resized.transpose(0, 3, 1, 2)
     return [{key: episode[key] for key in ("state", "actions", "images") if key in episode}
             for episode in episodes], cameras
+
+
+def read_dataset(data, folder: Path, only: int | None = None) -> tuple[list[dict], list[str], str]:
+    """The episodes a config's `data:` section (utils/schema.py's DataConfig) describes, read from `folder` (its
+    data.path, resolved). Returns (episodes, the cameras read in order, the format read)."""
+    data_format = detect_format(folder, data.format)
+    keys = getattr(data, data_format)
+    episodes, cameras = load_own_episodes(folder, data_format, keys.state, keys.action, keys.cameras, data.image_size,
+                                          data.num_episodes, data.aloha_hdf5.shift_real_actions, only)
+    return episodes, cameras, data_format

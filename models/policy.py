@@ -2,7 +2,8 @@
 
 It owns the normalisation statistics (as buffers, so they travel inside every checkpoint), turns raw
 batches into the model's normalised inputs, computes the training loss, and turns predicted chunks back
-into raw actions. `ChunkedActionExecutor` decides which action to execute at each control step.
+into raw actions. `build_policy` makes one from the config's `model:` section (models/config.py).
+`ChunkedActionExecutor` decides which action to execute at each control step.
 """
 
 import math
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.act import ACT, act_loss
+from models.config import ModelConfig
 from models.fast_cpu import debugger_attached, use_cpu_fast_paths
 
 
@@ -70,8 +72,9 @@ class ACTPolicy(nn.Module):
         return state, images, (batch["actions"] - self.action_mean) / self.action_std
 
     def forward(self, batch: dict, kl_weight: torch.Tensor | None = None) -> dict:
-        """Training loss of a raw batch from datasets.ChunkDataset (z from the style encoder's posterior).
-        kl_weight: this step's weight when it follows a schedule (utils/training.py's KL warm-up), else the constant."""
+        """Training loss of a raw batch from datasets/chunk_dataset.py (z from the style encoder's posterior).
+        kl_weight: this step's weight when it follows a schedule (the KL warm-up of utils/optimization.py), else the
+        constant."""
         state, images, target = self._model_inputs(batch)
         if self.training and self.random_shift and images is not None:
             images = random_shift(images, self.random_shift)
@@ -91,6 +94,45 @@ class ACTPolicy(nn.Module):
         state, images = self._flatten_frames(self.normalize_state(state), images)
         pred, _ = self.model(state, images)
         return pred * self.action_std + self.action_mean
+
+
+def build_policy(config: ModelConfig, shape_meta: dict, stats: dict, frame_stack: int = 1,
+                 saved_meta: dict | None = None) -> ACTPolicy:
+    """ACT sized by the model config; stacked frames enter as a longer state vector and extra camera images.
+
+    shape_meta: {"state_dim", "action_dim", "num_cameras", "image_channels"} of one frame, from the data.
+    saved_meta: the shape_meta of the checkpoint whose weights will replace the initial ones (resume, eval). Then
+    no ImageNet weights are loaded and the backbone's BatchNorm is the type the checkpoint records, not the one the
+    availability of ImageNet weights on this machine would give: a different layer type would not load.
+    """
+    model = ACT(
+        state_dim=shape_meta["state_dim"] * frame_stack, action_dim=shape_meta["action_dim"],
+        num_cameras=shape_meta["num_cameras"] * frame_stack, image_channels=shape_meta["image_channels"],
+        chunk_size=config.chunk_size, d_model=config.d_model, nhead=config.nhead,
+        dim_feedforward=config.dim_feedforward, num_encoder_layers=config.num_encoder_layers,
+        num_decoder_layers=config.num_decoder_layers, num_style_encoder_layers=config.num_style_encoder_layers,
+        dropout=config.dropout, latent_dim=config.latent_dim, use_cvae=config.use_cvae,
+        pretrained_backbone=config.pretrained_backbone and saved_meta is None,
+        pretrained_weights_path=config.pretrained_weights_path, backbone_stages=config.backbone_stages,
+        frozen_batchnorm=saved_meta.get("frozen_batchnorm") if saved_meta else None,
+    )
+    policy = ACTPolicy(model, stats, config.kl_weight, cpu_fast_paths=config.cpu_fast_paths,
+                       random_shift=config.random_shift)
+    print(f"[model] ACT with {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M parameters; "
+          f"{_layers_in_use(policy, config)}")
+    return policy
+
+
+def _layers_in_use(policy: ACTPolicy, config: ModelConfig) -> str:
+    """Which code runs the model, and how to switch: a breakpoint in layers that are not running is never hit."""
+    if policy.cpu_fast_paths:
+        return ("layers: models/fast_cpu.py's fast CPU versions of the style encoder, dropout and feed-forward "
+                "blocks (same maths as models/act.py). To step through act.py's plain layers instead: start under a "
+                "debugger, or model.cpu_fast_paths=false")
+    if config.cpu_fast_paths:
+        return ("layers: models/act.py's plain layers, because a debugger is attached (without one, "
+                "models/fast_cpu.py's faster versions of the same maths run)")
+    return "layers: models/act.py's plain layers (model.cpu_fast_paths=false; true runs models/fast_cpu.py's faster ones)"
 
 
 class ChunkedActionExecutor:

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.own_data import detect_format, load_own_episodes  # noqa: E402
+from datasets.own_data import read_dataset  # noqa: E402
 from env.errors import UserInputError  # noqa: E402
 from utils.config import load_config, run_main  # noqa: E402
 
@@ -60,14 +60,11 @@ def main():
     args = parser.parse_intermixed_args()  # overrides before or after --episode
     data = load_config("configs/ACT_dataset_config.yaml", args.config, [f"data.path={args.path}", *args.overrides]).data
     folder = Path(data.path)
-    data.format = detect_format(folder, data.format)
-    keys = data[data.format]
     if args.episode < 0:
         raise UserInputError(f"--episode must be >= 0, got {args.episode}")
-    episodes, cameras = load_own_episodes(folder, data.format, keys.state, keys.action, keys.cameras, data.image_size,
-                                          shift_real_actions=data.aloha_hdf5.shift_real_actions, only=args.episode)
+    episodes, cameras, data_format = read_dataset(data, folder, only=args.episode)
     out = Path(args.out or f"{folder.name}_episode{args.episode}.png")
-    plot_episode(episodes[0], cameras, f"{folder} ({data.format}), episode {args.episode}: "
+    plot_episode(episodes[0], cameras, f"{folder} ({data_format}), episode {args.episode}: "
                                        f"{len(episodes[0]['actions'])} steps", out)
     print(f"[plot] {out}")
 

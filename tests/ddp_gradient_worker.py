@@ -10,7 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.maniskill_demos import load_maniskill_demos  # noqa: E402
-from datasets.replay_buffer import ChunkDataset, compute_stats, make_train_loader  # noqa: E402
+from datasets.chunk_dataset import ChunkDataset, compute_stats, make_train_loader  # noqa: E402
 from models.act import ACT  # noqa: E402
 from models.policy import ACTPolicy  # noqa: E402
 from utils.distributed import init_distributed, shutdown_distributed  # noqa: E402

@@ -18,10 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import success_vs_lerobot as bench  # noqa: E402  (after the path above)
-from datasets.replay_buffer import make_train_loader  # noqa: E402
+from datasets.chunk_dataset import make_train_loader  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.evaluation import evaluate_controller  # noqa: E402
-from utils.training import prepare_data  # noqa: E402
+from utils.run_setup import prepare_data  # noqa: E402
 
 CHUNK, STATE_DIM, ACTION_DIM = 4, 5, 3
 TINY = ["model.chunk_size=4", "model.d_model=32", "model.nhead=2", "model.dim_feedforward=64",

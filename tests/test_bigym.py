@@ -18,7 +18,7 @@ from datasets.bigym_demos import (import_recorded_demos, load_bigym_demos, make_
                                   planned_labels, record_scripted_demo, scripted_store_root)
 from datasets.bigym_planned_demo import read_plan  # noqa: E402
 from datasets.bigym_solvers import SCRIPTED_TASKS, scripted_recipe  # noqa: E402
-from datasets.replay_buffer import ChunkDataset, compute_stats  # noqa: E402
+from datasets.chunk_dataset import ChunkDataset, compute_stats  # noqa: E402
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, BiGymEnv, make_bigym_env, resolve_task, sample_start,  # noqa: E402
                            start_rng, task_classes, to_snake_case)
 from env.errors import UserInputError  # noqa: E402
@@ -240,7 +240,7 @@ def test_scripted_demo_cache_is_keyed_by_solver_version_and_noise(tmp_path, monk
 
 
 def test_demo_noise_needs_scripted_absolute_demos(tmp_path):
-    with pytest.raises(UserInputError, match="demo_noise=0.1 needs action_mode=absolute"):
+    with pytest.raises(UserInputError, match="demo_noise=0.1 needs action_type=absolute"):
         load_bigym_demos(TASK, 1, [], 1, "delta", 25, True, cache_root=tmp_path, demo_source="scripted", demo_noise=0.1)
     with pytest.raises(UserInputError, match="demo_noise=0.1 applies to scripted demos only"):
         load_bigym_demos(TASK, 1, [], 1, "absolute", 25, True, cache_root=tmp_path, demo_noise=0.1)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.replay_buffer import ChunkDataset, compute_stats, infer_action_type, make_train_loader, split_episodes
+from datasets.chunk_dataset import ChunkDataset, compute_stats, infer_action_type, make_train_loader, split_episodes
 
 
 def two_episodes():

@@ -1,10 +1,20 @@
+import dataclasses
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
-from utils.config import REPO_ROOT, ConfigError, load_config, parse_args
+from models.policy import build_policy
+from utils.checkpoint import save_checkpoint
+from utils.config import (RENAMED, REPO_ROOT, ConfigError, Layers, _flatten, checkpoint_layers, load_config,
+                          parse_args, schema_fields)
+from utils.deploy import DeployedPolicy
+from utils.run_setup import prepare_data, start_run
+from utils.schema import RUN_CONFIGS
+from utils.training import train
 
 DEFAULT = "configs/ACT_maniskill_config.yaml"
 
@@ -52,16 +62,92 @@ def test_script_reports_config_errors():
 
 def test_checkpoint_config_gains_keys_added_later(capsys):
     """A checkpoint saved before a config key existed resumes / evaluates with that key's default."""
-    from utils.config import _with_new_keys, read_yaml
-
-    schema = read_yaml(REPO_ROOT / DEFAULT)
-    saved = {k: v for k, v in schema.items() if k != "seed"}
-    saved["model"] = {k: v for k, v in schema["model"].items() if k != "latent_dim"}
+    saved = load_config(DEFAULT).to_dict()
+    del saved["seed"], saved["model"]["latent_dim"]
     saved["total_iters"] = 7
-    merged = _with_new_keys(schema, saved, "old.pt")
-    assert merged["seed"] == schema["seed"] and merged["model"]["latent_dim"] == schema["model"]["latent_dim"]
-    assert merged["total_iters"] == 7  # what the checkpoint says still wins
+    cfg = checkpoint_layers(saved, "old.pt").build()
+    assert cfg.seed == 1 and cfg.model.latent_dim == 32
+    assert cfg.total_iters == 7  # what the checkpoint says still wins
     assert "old.pt predates config key 'model.latent_dim'" in capsys.readouterr().out
+
+
+OLD_CONFIGS = json.loads((REPO_ROOT / "tests/data/configs_at_18d30e4.json").read_text())
+
+
+@pytest.mark.parametrize("source", ["maniskill", "bigym", "dataset"])
+def test_configs_written_before_the_typed_schema_still_load(source, capsys):
+    """Checkpoint configs as commit 18d30e4 wrote them (one per entry script; the dataset one with the format and
+    cameras its loader wrote back, and the num_eval_episodes=0 its script injected): the source is told from
+    their keys, renamed keys are translated, and every value is kept."""
+    saved = OLD_CONFIGS[source]
+    cfg = checkpoint_layers(saved, "old.pt").build()
+    assert cfg.source == source
+    kept = {key: value for key, value in _flatten(saved).items() if key not in RENAMED and key != "num_eval_episodes"}
+    assert {key: _flatten(cfg.to_dict())[key] for key in kept} == kept
+    assert cfg.action_type == (saved.get("action_mode") or saved.get("data", {}).get("action_type") or "auto")
+    if source != "maniskill":
+        assert "is now called 'action_type'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source", ["maniskill", "bigym", "dataset"])
+def test_checkpoints_written_before_the_typed_schema_still_deploy(source, tmp_path):
+    """A checkpoint whose config is as 18d30e4 wrote it loads in DeployedPolicy (which imports no training code)
+    and acts; an old dataset run's camera order comes from its config, where its loader had written it."""
+    saved = OLD_CONFIGS[source]
+    cfg = checkpoint_layers(saved, "old.pt").build()
+    cameras = 1 if source == "dataset" else 0
+    meta = {"state_dim": 5, "action_dim": 3, "num_cameras": cameras, "image_channels": 3, "frozen_batchnorm": False}
+    stats = {"state_mean": np.zeros(5), "state_std": np.ones(5), "action_mean": np.zeros(3), "action_std": np.ones(3)}
+    model = dataclasses.replace(cfg.model, d_model=32, nhead=4, dim_feedforward=32, pretrained_backbone=False)
+    policy = build_policy(model, meta, stats, cfg.frame_stack)
+    saved = {**saved, "model": dataclasses.asdict(model)}
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {"policy": policy.state_dict(), "ema": None, "config": saved, "shape_meta": meta,
+                           "iteration": 3, "run_name": "old"})
+    deployed = DeployedPolicy.from_checkpoint(path, device="cpu")
+    observation = {"state": np.zeros(5, np.float32)}
+    if source == "dataset":
+        assert deployed.cameras == ["cam_high"] and deployed.image_size == [120, 160]
+        observation["images"] = {"cam_high": np.zeros((240, 320, 3), np.uint8)}
+    assert deployed.select_action(observation).shape == (3,)
+
+
+def test_every_key_is_type_checked_even_where_the_default_is_null():
+    for source, cls in RUN_CONFIGS.items():
+        layers = Layers(cls)
+        for key, annotation in schema_fields(cls).items():
+            if dataclasses.is_dataclass(annotation) or key == "source":
+                continue
+            with pytest.raises(ConfigError, match=f"key '{key}' expects"):
+                layers.set(key, {"not": "a value"}, "test")
+
+
+def test_old_names_in_a_config_file_load_and_say_what_to_rename(tmp_path, capsys):
+    old = tmp_path / "old_bigym.yaml"
+    old.write_text("action_mode: delta\n")
+    assert load_config("configs/ACT_bigym_config.yaml", old).action_type == "delta"
+    assert f"{old}: key 'action_mode' is now called 'action_type'" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="It is a key of maniskill, bigym runs; this is a dataset run"):
+        load_config("configs/ACT_dataset_config.yaml", None, ["env_id=PickCube-v1"])
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
+    """resume= with a different model shape stops in one line before start_run rewrites config.yaml and
+    run_info.json (and before any demo is looked for)."""
+    from test_same_training import OVERRIDES, episodes
+
+    cfg = load_config(DEFAULT, "configs/ACT_maniskill_state_config.yaml",
+                      OVERRIDES + [f"ckpt_dir={tmp_path}", f"video_dir={tmp_path / 'videos'}"])
+    run = start_run(cfg, None)
+    data = prepare_data(cfg, episodes(), "delta")
+    train(cfg, run, build_policy(cfg.model, data.shape_meta, data.stats), data)
+    before = {name: (run.ckpt_dir / name).read_bytes() for name in ("config.yaml", "run_info.json")}
+
+    result = run_script(f"resume={run.ckpt_dir / 'last.pt'}", "model.d_model=256")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert ("model.d_model=256, but" in result.stderr and "was trained with 32" in result.stderr
+            and len(result.stderr.strip().splitlines()) == 1)
+    assert {name: (run.ckpt_dir / name).read_bytes() for name in before} == before
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -72,6 +158,10 @@ def test_checkpoint_config_gains_keys_added_later(capsys):
     (["image_crop=[32, 24, 80]"], "key 'image_crop' must be [top, left, height, width]"),
     (["image_crop=[-1, 0, 80, 80]"], "key 'image_crop' must be [top, left, height, width]"),
     (["model.backbone_stages=2"], "key 'model.backbone_stages' must be 3 or 4"),
+    (["query_frequency=abc"], "key 'query_frequency' expects int or null, got str 'abc'"),
+    (["image_size=abc"], "key 'image_size' expects int or null, got str 'abc'"),
+    (["image_crop=abc"], "key 'image_crop' expects a list of int or null, got str 'abc'"),
+    (["obs_mode=rbg"], "key 'obs_mode' expects one of 'state', 'rgb', 'rgbd', got str 'rbg'. Did you mean: rgb"),
     (["mode=eval"], "mode=eval needs checkpoint="),
     (["resume=ckpts/no-such-run/last.pt"], "checkpoint not found"),
 ])

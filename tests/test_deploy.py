@@ -10,11 +10,12 @@ import torch
 from env.bigym_env import BiGymEnv
 from env.maniskill_env import ManiSkillEnv
 from env.protocol import RobotEnv
+from models.policy import build_policy
 from utils.checkpoint import save_checkpoint
 from utils.config import load_config
 from utils.deploy import DeployedPolicy
-from utils.evaluation import evaluate_policy
-from utils.training import build_policy, prepare_data
+from utils.evaluation import evaluate_controller
+from utils.run_setup import prepare_data
 
 STEPS = 12
 
@@ -43,7 +44,7 @@ def checkpoint(pickcube_state_demos, tmp_path_factory):
         "frame_stack=2", "temporal_ensemble=true", "ensemble_k=0.1", "model.d_model=32", "model.dim_feedforward=64",
         "model.chunk_size=5", "val_fraction=0"])
     data = prepare_data(cfg, load_maniskill_demos(pickcube_state_demos, 4, "state", "pd_ee_delta_pos"), "delta")
-    policy = build_policy(cfg, data.shape_meta, data.stats)
+    policy = build_policy(cfg.model, data.shape_meta, data.stats, cfg.frame_stack)
     path = tmp_path_factory.mktemp("deploy") / "best.pt"
     save_checkpoint(path, {"policy": policy.state_dict(), "ema": None, "config": cfg.to_dict(), "iteration": 0,
                            "shape_meta": {**data.shape_meta, "frozen_batchnorm": None}, "run_name": "deploy-test"})
@@ -53,8 +54,7 @@ def checkpoint(pickcube_state_demos, tmp_path_factory):
 def test_a_loop_written_against_the_api_reproduces_the_evaluations_actions(checkpoint):
     path, policy, cfg = checkpoint
     recorder = RecordingEnv(ManiSkillEnv("PickCube-v1", 1, "state", "pd_ee_delta_pos", [], STEPS))
-    evaluate_policy(policy, recorder, num_episodes=2, seed=7, frame_stack=cfg.frame_stack,
-                    temporal_ensemble=cfg.temporal_ensemble, ensemble_k=cfg.ensemble_k)
+    evaluate_controller(DeployedPolicy.from_config(policy, cfg), recorder, num_episodes=2, seed=7)
     recorder.env.close()
 
     # A user's loop: one robot, unbatched observations in, one action out; settings from the checkpoint.

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from datasets.replay_buffer import make_train_loader
+from datasets.chunk_dataset import make_train_loader
 from ddp_gradient_worker import GLOBAL_BATCH, small_policy_and_data
 from utils.config import REPO_ROOT
 

@@ -3,7 +3,7 @@
 import torch
 
 from datasets.maniskill_demos import load_maniskill_demos
-from datasets.replay_buffer import ChunkDataset, compute_stats, make_train_loader
+from datasets.chunk_dataset import ChunkDataset, compute_stats, make_train_loader
 from models.act import ACT
 from models.policy import ACTPolicy
 

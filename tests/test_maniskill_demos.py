@@ -12,7 +12,7 @@ import torch
 
 from datasets.maniskill_demos import (TASK_RECIPES, _next_wave, default_demo_path, generate_demos,
                                       load_maniskill_demos, task_recipe)
-from datasets.replay_buffer import ChunkDataset
+from datasets.chunk_dataset import ChunkDataset
 from env.errors import UserInputError
 from utils.config import REPO_ROOT, load_config
 

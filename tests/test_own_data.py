@@ -112,8 +112,9 @@ def test_training_from_a_folder_writes_checkpoints_and_picks_best_by_validation_
     assert best["best"]["score"] == pytest.approx(-min(val.values()))
     split = best["split"]
     assert len(split["val"]) == 1 and len(split["train"]) == 3 and not set(split["train"]) & set(split["val"])
-    data = best["config"]["data"]  # what deployment needs to know, resolved from the folder
-    assert data["format"] == "aloha_hdf5" and data["aloha_hdf5"]["cameras"] == sorted(CAMERAS)
+    # What deployment needs to know, found in the folder, is recorded beside the config; the config stays as given.
+    assert best["shape_meta"]["cameras"] == sorted(CAMERAS)
+    assert best["config"]["data"]["format"] == "auto" and best["config"]["data"]["aloha_hdf5"]["cameras"] is None
 
 
 def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(aloha_run, tmp_path):
@@ -181,7 +182,7 @@ def test_bad_input_is_named_by_file_key_and_step(tmp_path, case, expected):
 
 @pytest.mark.parametrize("case, overrides, expected", [
     ("missing_action", [], "episode_1.hdf5: no dataset '/action'"),
-    ("nan_action", ["data.format=aloha"], "data.format: unknown format 'aloha'; expected auto or one of aloha_hdf5, lerobot"),
+    ("nan_action", ["data.format=aloha"], "key 'data.format' expects one of 'auto', 'aloha_hdf5', 'lerobot', got str 'aloha'"),
 ])
 def test_bad_input_stops_the_script_with_one_line_and_writes_nothing(tmp_path, case, overrides, expected):
     folder = make_bad(tmp_path / "data", case)

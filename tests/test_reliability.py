@@ -14,7 +14,7 @@ import torch
 
 from utils.checkpoint import load_checkpoint, prune_checkpoints, restore_rng_state, rng_state, save_checkpoint
 from utils.config import REPO_ROOT, load_config
-from utils.training import start_run
+from utils.run_setup import start_run
 
 
 def run_script(*overrides):

@@ -7,8 +7,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ddp_gradient_worker import small_policy_and_data
 from models.act import act_loss
+from models.policy import build_policy
 from utils.config import load_config
-from utils.training import build_policy, kl_weight_at, validate
+from utils.evaluation import validate
+from utils.optimization import kl_weight_at
 
 
 def test_validation_l1_is_the_deployed_policy_not_the_reconstruction(pickcube_state_demos):
@@ -30,7 +32,7 @@ def test_a_checkpoint_rebuilds_the_backbone_it_was_trained_with(frozen):
     cfg = load_config("configs/ACT_maniskill_config.yaml", overrides=["model.d_model=32", "model.pretrained_backbone=true"])
     meta = {"state_dim": 9, "action_dim": 4, "num_cameras": 1, "image_channels": 3}
     stats = {"state_mean": np.zeros(9), "state_std": np.ones(9), "action_mean": np.zeros(4), "action_std": np.ones(4)}
-    policy = build_policy(cfg, meta, stats, checkpoint={"shape_meta": {**meta, "frozen_batchnorm": frozen}})
+    policy = build_policy(cfg.model, meta, stats, saved_meta={**meta, "frozen_batchnorm": frozen})
     norm_types = {type(module) for module in policy.model.backbone.modules()}
     assert (FrozenBatchNorm2d in norm_types) is frozen and (torch.nn.BatchNorm2d in norm_types) is not frozen
 

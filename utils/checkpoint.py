@@ -6,6 +6,7 @@
 - `save_checkpoint` writes to a temp file in the same folder, then renames it atomically: a kill or a full disk
   leaves the previous file intact, and a failed write removes its temp file and says how much room is left.
 - `check_writable`, `check_room_for_checkpoints` and `claim_run_folder` find unusable folders before work starts.
+- `policy_from_checkpoint` rebuilds the saved policy (models/policy.py's build_policy) with its weights.
 """
 
 import io
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 
 from env.errors import UserInputError
+from models.config import ModelConfig
+from models.policy import ACTPolicy, build_policy
 
 # What every checkpoint holds, what resuming also needs, and the shape facts that rebuild the model.
 REQUIRED_KEYS = ("policy", "config", "shape_meta", "iteration", "run_name")
@@ -211,6 +214,35 @@ def _check_contents(path: Path, checkpoint, required: tuple):
     if not isinstance(config, dict) or not isinstance(checkpoint["iteration"], int):
         raise UserInputError(f"{path}: config must be a mapping and iteration an integer, got "
                              f"{type(config).__name__} and {type(checkpoint['iteration']).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The policy in a checkpoint
+# --------------------------------------------------------------------------------------------------
+def load_weights(policy: ACTPolicy, state_dict: dict, source: str):
+    """Checkpoint weights into a policy built from the config; a mismatch is a config mistake, said as one."""
+    camera_embed = policy.state_dict().get("model.camera_embed.weight")
+    if camera_embed is not None and "model.camera_embed.weight" not in state_dict:
+        # Saved before cameras had an embedding of their own: the model ran as if it were zero.
+        state_dict = {**state_dict, "model.camera_embed.weight": torch.zeros_like(camera_embed)}
+    try:
+        policy.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise UserInputError(f"{source}: its weights do not fit the model the config describes (was a model.* "
+                             f"key overridden?): {str(exc).splitlines()[1].strip()}") from None
+
+
+def policy_from_checkpoint(model: ModelConfig, frame_stack: int, checkpoint: dict, device,
+                           source: str = "checkpoint") -> ACTPolicy:
+    """Rebuild the policy exactly as it was saved (model, frame_stack: its own config's), weights and normalisation
+    included (the EMA weights when the run kept them)."""
+    meta = checkpoint["shape_meta"]
+    # Placeholder statistics of the right size; the real ones are buffers in the saved state dict.
+    placeholder = {"state_mean": np.zeros(meta["state_dim"]), "state_std": np.ones(meta["state_dim"]),
+                   "action_mean": np.zeros(meta["action_dim"]), "action_std": np.ones(meta["action_dim"])}
+    policy = build_policy(model, meta, placeholder, frame_stack, saved_meta=meta)
+    load_weights(policy, checkpoint["ema"] or checkpoint["policy"], source)
+    return policy.to(device)
 
 
 # --------------------------------------------------------------------------------------------------

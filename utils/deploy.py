@@ -30,8 +30,9 @@ import torch
 
 from env.images import resize_frames
 from models.policy import ACTPolicy, ChunkedActionExecutor
-from utils.checkpoint import load_checkpoint
-from utils.config import to_config
+from utils.checkpoint import load_checkpoint, policy_from_checkpoint
+from utils.config import config_from_checkpoint
+from utils.schema import DatasetRun, RunConfig
 
 
 class DeployedPolicy:
@@ -47,24 +48,30 @@ class DeployedPolicy:
         self.history = deque(maxlen=frame_stack)
 
     @classmethod
+    def from_config(cls, policy: ACTPolicy, cfg: RunConfig, cameras: list[str] | None = None,
+                    **settings) -> "DeployedPolicy":
+        """`policy` executed with the run config's settings (frame_stack, temporal_ensemble, ensemble_k,
+        query_frequency; a dataset run's data.image_size for named camera frames). `settings` overrides them by
+        name, e.g. temporal_ensemble=False, query_frequency=25."""
+        saved = {"frame_stack": cfg.frame_stack, "temporal_ensemble": cfg.temporal_ensemble,
+                 "ensemble_k": cfg.ensemble_k, "query_frequency": cfg.query_frequency, "cameras": cameras,
+                 "image_size": cfg.data.image_size if isinstance(cfg, DatasetRun) else None}
+        return cls(policy, **{**saved, **settings})
+
+    @classmethod
     def from_checkpoint(cls, path, device: str = "auto", **settings) -> "DeployedPolicy":
         """The policy of a checkpoint (best.pt, last.pt, iter_*.pt; EMA weights when it has them) with the
-        execution settings it was trained with (temporal_ensemble, ensemble_k, query_frequency, frame_stack,
-        and for dataset runs its cameras and image size). `settings` overrides them by name, e.g.
-        temporal_ensemble=False, query_frequency=25."""
-        # Imported here, not at the top: utils.training imports utils.evaluation, which imports this module.
-        from utils.training import policy_from_checkpoint
-
+        execution settings it was trained with (see from_config) and, for dataset runs, the camera order it was
+        trained on. `settings` overrides them by name."""
         checkpoint = load_checkpoint(path)
-        cfg = to_config(checkpoint["config"])
+        cfg = config_from_checkpoint(checkpoint, path)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        policy = policy_from_checkpoint(cfg, checkpoint, torch.device(device), str(path))
-        data = cfg.get("data")
-        saved = {"frame_stack": cfg.frame_stack, "temporal_ensemble": cfg.temporal_ensemble,
-                 "ensemble_k": cfg.ensemble_k, "query_frequency": cfg.query_frequency,
-                 "cameras": data[data.format].cameras if data else None, "image_size": data.image_size if data else None}
-        return cls(policy, **{**saved, **settings})
+        policy = policy_from_checkpoint(cfg.model, cfg.frame_stack, checkpoint, torch.device(device), str(path))
+        cameras = checkpoint["shape_meta"].get("cameras")
+        if cameras is None and isinstance(cfg, DatasetRun) and cfg.data.format != "auto":
+            cameras = getattr(cfg.data, cfg.data.format).cameras  # older dataset runs wrote them into the config
+        return cls.from_config(policy, cfg, cameras, **settings)
 
     def reset(self):
         """Start a new episode: forget the stacked frames and the chunks in flight."""

@@ -1,32 +1,74 @@
-"""Roll a policy out in a simulator adapter (env/protocol.py: env/maniskill_env.py, env/bigym_env.py) and score it.
+"""How good the policy is: its validation loss on held-out episodes (`validate`), and its success in a simulator
+adapter (env/protocol.py: env/maniskill_env.py, env/bigym_env.py), during training (`run_simulator_eval`) or of a
+saved checkpoint (`evaluate_checkpoint`, mode=eval).
 
-The policy acts through utils/deploy.py's DeployedPolicy, the same object a user's own control loop uses
-(evaluate_controller plays any object with DeployedPolicy's reset/select_action, e.g. another codebase's policy).
+In the simulator the policy acts through utils/deploy.py's DeployedPolicy, the same object a user's own control loop
+uses (evaluate_controller plays any object with DeployedPolicy's reset/select_action, e.g. another codebase's policy).
 Episodes run in rounds of `env.num_envs` parallel environments for exactly `env.max_episode_steps`
 steps (success does not end an episode), which gives both metrics ManiSkill reports:
 success_once (succeeded at any step) and success_at_end (succeeded at the last step).
 """
 
+import json
+import time
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 import torch
 
+from datasets.chunk_dataset import ChunkDataset, iterate_in_order
+from env.errors import UserInputError
 from models.policy import ACTPolicy
+from utils.checkpoint import policy_from_checkpoint, restore_rng_state, rng_state
 from utils.deploy import DeployedPolicy
+from utils.distributed import Distributed, all_gather, all_sum
+from utils.run_setup import Run
+from utils.schema import SimulatorRun
 
 
+# --------------------------------------------------------------------------------------------------
+# Validation on held-out episodes
+# --------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate_policy(policy: ACTPolicy, env, num_episodes: int, seed: int, frame_stack: int = 1,
-                    temporal_ensemble: bool = True, ensemble_k: float = 0.01, query_frequency: int | None = None,
-                    video_dir=None, num_video_episodes: int = 0, video_prefix: str = "", fps: int = 20,
-                    rank: int = 0, world_size: int = 1) -> dict:
-    """Play num_episodes episodes with the policy deployed as DeployedPolicy (see evaluate_controller).
-    Returns {"episodes": [per-episode outcome dicts, the ones this rank played], "videos": [paths]}."""
-    deployed = DeployedPolicy(policy, frame_stack, temporal_ensemble, ensemble_k, query_frequency)
-    return evaluate_controller(deployed, env, num_episodes, seed, video_dir, num_video_episodes, video_prefix, fps,
-                               rank, world_size)
+def validate(policy: ACTPolicy, dataset: ChunkDataset, batch_size: int, device,
+             distributed: Distributed = Distributed()) -> dict:
+    """Loss on every held-out sample, eval mode (no dropout). Two L1 figures:
+
+    val/l1            the deployed policy: z = 0, as in a rollout. The figure to watch; best.pt follows it
+                      when the run does not evaluate in the simulator.
+    val/l1_posterior  z = the posterior mean, computed from the target chunk itself: how well the CVAE
+                      reconstructs, not how well the policy acts. Reported beside val/kl.
+    Under torchrun each rank takes a share of the samples and the sums are added up over ranks.
+    """
+    policy.eval()
+    totals, count = {"l1": 0.0, "l1_posterior": 0.0, "kl": 0.0}, 0
+    for batch in iterate_in_order(dataset, batch_size, distributed.rank, distributed.world_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        posterior = policy(batch)
+        size = len(batch["actions"])
+        totals["l1"] += policy.deployed_l1(batch).item() * size
+        totals["l1_posterior"] += posterior["l1"].item() * size
+        totals["kl"] += posterior["kl"].item() * size
+        count += size
+    *sums, count = all_sum([*totals.values(), count], device)
+    return {f"val/{k}": total / count for k, total in zip(totals, sums)}
+
+
+KL_COLLAPSED = 0.01  # nats, summed over z's dimensions: below this z tells the decoder next to nothing
+
+
+def posterior_collapse_note(step: int, metrics: dict) -> str:
+    return (f"[val @ {step}] posterior collapse: val/kl {metrics['val/kl']:.4f} < {KL_COLLAPSED} nats, so z carries "
+            f"(next to) nothing about the chunk and the deployed L1 ({metrics['val/l1']:.4f}, z = 0) equals the "
+            f"posterior L1 ({metrics['val/l1_posterior']:.4f}). The CVAE has become a deterministic chunk regressor: "
+            f"fine for demos with one way of doing each step, unable to choose between several. To keep z in use: "
+            f"kl_warmup_iters=<iterations> or a lower model.kl_weight. (Said once per run.)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Rollouts in a simulator
+# --------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -89,3 +131,43 @@ def summarize(episodes: list[dict]) -> dict:
         "first_success_step": float(np.mean([e["first_success_step"] for e in episodes])),
         "num_episodes": len(episodes),
     }
+
+
+def run_simulator_eval(cfg: SimulatorRun, run: Run, policy: ACTPolicy, env, iteration: int, prefix: str) -> dict:
+    """Roll the policy out, log success metrics and videos, return the metrics.
+
+    The random state is put back afterwards: rollouts (and building the simulator on first use) must not
+    shift the training run's random stream, or a resumed run, which builds its simulator later, would differ.
+    """
+    started, saved_rng = time.time(), rng_state()
+    result = evaluate_controller(DeployedPolicy.from_config(policy, cfg), env, cfg.num_eval_episodes, cfg.eval_seed,
+                                 video_dir=run.video_dir if cfg.capture_video and run.distributed.is_main else None,
+                                 num_video_episodes=cfg.num_video_episodes, video_prefix=prefix,
+                                 rank=run.distributed.rank, world_size=run.distributed.world_size)
+    restore_rng_state(saved_rng)
+    episodes = sorted(sum(all_gather(result["episodes"]), []), key=lambda e: e["episode"])
+    if run.distributed.is_main:  # which seeds failed, for a closer look
+        (run.ckpt_dir / f"episodes_{prefix.rstrip('_')}.json").write_text(json.dumps(episodes, indent=0))
+    summary = summarize(episodes)
+    metrics = {f"eval/{k}": v for k, v in summary.items()}
+    metrics["eval/seconds"] = time.time() - started
+    metrics["time/elapsed_s"] = time.time() - run.started
+    run.logger.log(metrics, iteration)
+    for path in result["videos"]:
+        run.logger.log_video(path, iteration)
+    print(f"[eval @ {iteration}] success_once {summary['success_once']:.1%}  success_at_end "
+          f"{summary['success_at_end']:.1%}  return {summary['return']:.2f}  over {summary['num_episodes']} episodes "
+          f"({metrics['eval/seconds']:.0f}s)" + (f"; videos in {run.video_dir}" if result["videos"] else ""))
+    return metrics
+
+
+def evaluate_checkpoint(cfg: SimulatorRun, run: Run, make_env) -> dict:
+    """mode=eval: reload a checkpoint and only roll it out (success rate, videos), no training."""
+    if cfg.num_eval_episodes == 0:
+        raise UserInputError("mode=eval needs num_eval_episodes >= 1")
+    policy = policy_from_checkpoint(cfg.model, cfg.frame_stack, run.checkpoint, run.device, cfg.checkpoint)
+    env = make_env(cfg.num_eval_envs)
+    metrics = run_simulator_eval(cfg, run, policy, env, run.checkpoint["iteration"], prefix="eval_")
+    env.close()
+    run.finish()
+    return metrics

@@ -473,13 +473,13 @@ class ScriptedTask:
 
 SCRIPTED_TASKS = {  # BiGym task class name -> ScriptedTask
     # Demos about 2.5 s; 3 s episodes. DART demos (noise 0.05 rad): 88% against 52% without, same seeds
-    # (benchmarks/RESULTS.md).
+    # (benchmarks/HISTORY.md).
     "ReachTarget": ScriptedTask(solve_reach_target, version=1, recipe={
         "floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_rz"], "control_frequency": 25, "max_episode_steps": 75,
         "cameras": ["head"], "joint_velocities": True, "base_action": "delta", "model.chunk_size": 16,
         "temporal_ensemble": True, "demo_noise": 0.05, "total_iters": 3000}),
     # Demos 5-7 s; 8 s episodes. No DART noise: 72% without, 62% with 0.02 rad on the same 50 starts (one run each,
-    # 3000 iterations, benchmarks/RESULTS.md); noise makes the handle grasp fail (0.02 solved 100 of 155 attempts,
+    # 3000 iterations, benchmarks/HISTORY.md); noise makes the handle grasp fail (0.02 solved 100 of 155 attempts,
     # 0.03 31 of 68). 4000 iterations: 82% (76% at iteration 3000 of the same run).
     "DrawerTopOpen": ScriptedTask(solve_drawer_top_open, version=1, recipe={
         "floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_rz"], "control_frequency": 25, "max_episode_steps": 200,
@@ -490,7 +490,7 @@ SCRIPTED_TASKS = {  # BiGym task class name -> ScriptedTask
     # its 100 plans, replayed blind, closes everything from 50 of 50 held-out starts), so the policy sees the elapsed
     # time alone: 100% with two seeds (0% at 1000 iterations). With the proprioception it over-fits to the start pose
     # each demo carries through its joints and drifts in closed loop: 8% with or without head + left wrist cameras,
-    # 4% with the time added (benchmarks/RESULTS.md). Absolute base targets and whole 50-step chunks played open
+    # 4% with the time added (benchmarks/HISTORY.md). Absolute base targets and whole 50-step chunks played open
     # loop. DART noise 0.03 rad: 100 of 170 attempts solved (0.05: 1 of 9).
     "DishwasherClose": ScriptedTask(solve_dishwasher_close, version=1, recipe={
         "floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_z", "pelvis_rz"], "control_frequency": 50,

@@ -39,7 +39,7 @@ class TaskRecipe:
     state_iters: int = 5000  # total_iters from state observations (the state config leaves it to the task)
     state_demos: int | None = None  # num_demos from state observations, where the schema's 100 were too few
     # From state observations, play each chunk's first state_query_frequency actions open loop instead of
-    # temporal ensembling (None: ensemble), where that was measured to work better (benchmarks/RESULTS.md).
+    # temporal ensembling (None: ensemble), where that was measured to work better (benchmarks/HISTORY.md).
     state_query_frequency: int | None = None
 
     def config_defaults(self, obs_mode: str) -> dict:
@@ -62,7 +62,7 @@ class TaskRecipe:
 # demo (ManiSkill registers most of these tasks with 50 steps, sized for RL). With state observations the recipe also
 # sets the training budget, total_iters (and for StackCube the number of demos), to what the task was measured to
 # need, and for PushCube how chunks are executed: its temporally ensembled policy stops short of the goal
-# (benchmarks/RESULTS.md).
+# (benchmarks/HISTORY.md).
 TASK_RECIPES = {
     # ManiSkill's own ACT baseline (examples/baselines/act/examples.sh)
     "PickCube-v1": TaskRecipe("solvePickCube", "pd_ee_delta_pos", max_episode_steps=100, state_iters=1000),

@@ -201,7 +201,7 @@ def policy_state(states: np.ndarray, steps, max_episode_steps: int, propriocepti
     The elapsed time is for demos on a fixed timetable, like the scripted solvers' (their moves have fixed
     durations): it names the phase where the robot's pose alone does not (DishwasherClose's three pushes). Alone,
     without the proprioception, the policy replays the demos' timetable and cannot over-fit to the start pose each
-    demo carries through its joints (benchmarks/RESULTS.md, DishwasherClose)."""
+    demo carries through its joints (benchmarks/HISTORY.md, DishwasherClose)."""
     parts = [states] if proprioception else []
     if elapsed_time:
         elapsed = np.broadcast_to(np.asarray(steps, np.float32) / max_episode_steps, states.shape[:-1])

@@ -57,10 +57,10 @@ class RunConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"  # after the warm-up
     warmup_iters: int = 500
     kl_warmup_iters: int = 0  # > 0: the KL weight rises linearly from 0 to model.kl_weight over this many
-    #                           iterations, against posterior collapse (benchmarks/RESULTS.md); 0 = constant
+    #                           iterations, against posterior collapse (benchmarks/HISTORY.md); 0 = constant
     grad_clip: float = 10.0
     ema_decay: float = 0.0  # > 0 keeps an EMA of the weights for evaluation and deployment (e.g. 0.999)
-    amp: bool = False  # bf16 autocast on CUDA (ignored on CPU); no faster on an H200 (benchmarks/RESULTS.md, "CUDA")
+    amp: bool = False  # bf16 autocast on CUDA (ignored on CPU); no faster on an H200 (benchmarks/HISTORY.md, "CUDA")
     compile: bool = False  # torch.compile the training step
 
     # --- logging, validation, checkpoints ---

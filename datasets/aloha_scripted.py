@@ -12,12 +12,13 @@ before the step, action[t] the joint command of step t. Demo seeds start at DEMO
 evaluation's seeds (0, 1, ...), so a policy is never evaluated on a scene it was trained on.
 
 Frames are stored at the cameras' native 480x640 (the paper's; training resizes them, datasets/own_data.py) as JPEG
-rows (quality JPEG_QUALITY), the compressed layout ALOHA's own recorder writes: about 20 MB per episode instead of
-370 MB raw.
+rows (quality JPEG_QUALITY), the compressed layout ALOHA's own recorder writes: about 12 MB per episode instead of
+370 MB raw (0.6 GB for the paper's 50 demos instead of 18 GB). Evaluation frames are not JPEG-compressed; at quality 95
+the difference is about one intensity level on average, well below what the resize to training size averages out.
 
-The weld that ties a gripper to its mocap body holds it 13.5 cm behind the mocap point (MuJoCo 3 computes the weld's
-relative pose from the model's reference configuration), so the mocap point sits between the fingertips: waypoints
-below say where the fingertips go.
+The weld that ties a gripper to its mocap body holds it 13.5 cm behind the mocap point (the XML gives the weld no
+relative pose; MuJoCo 3.1.5 takes it from the model's reference configuration), so the mocap point sits between the
+fingertips: waypoints below say where the fingertips go.
 """
 
 import multiprocessing
@@ -57,6 +58,12 @@ def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                      w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2])
 
 
+def rotate_vector(quat: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """`vector` (3,) rotated by `quat`."""
+    rotated = quat_multiply(quat_multiply(quat, np.concatenate([[0.0], vector])), quat * [1, -1, -1, -1])
+    return rotated[1:]
+
+
 def interpolate(waypoints: list[tuple], step: int) -> np.ndarray:
     """Waypoints [(step, xyz, quaternion, gripper)] sorted by step -> the (8,) mocap pose + gripper at `step`,
     linear between the two surrounding waypoints (quaternions renormalised), held after the last."""
@@ -87,11 +94,20 @@ def start_mocap_poses(sim: AlohaSim) -> list[tuple[np.ndarray, np.ndarray]]:
     return poses
 
 
-def rotate_vector(quat: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    rotated = quat_multiply(quat_multiply(quat, np.concatenate([[0.0], vector])), quat * [1, -1, -1, -1])
-    return rotated[1:]
-
-
+# The welds' constraint impedance. gym-aloha's (.25 .25 0.001) is so soft that under MuJoCo 3 a gripper reaching down
+# to the table hangs 4 cm above its mocap target and 15 degrees off its pitch, and misses the cube; MuJoCo's default
+# impedance with a narrower transition holds it within a few millimetres.
+WELD_SOLIMP = [0.95, 0.99, 0.001, 0.5, 2]
+MEET = np.array([0.0, 0.5, 0.25])  # where the arms meet: above the table's centre
+CUBE_HALF = 0.02  # the cube's half size: its centre's height when it rests on the table (z = 0)
+PEG_HALF_HEIGHT, SOCKET_HALF_HEIGHT = 0.01, 0.022  # their centres' heights at rest on the table
+GRIP_ABOVE = 0.008  # the peg is gripped this far above its centre: lower, the fingertips drag on the table
+SOCKET_AT = -0.06  # x of the socket's centre (the left fingertips) from MEET while inserting
+INSERT_START, INSERT_END = 0.14, 0.03  # x of the peg's centre (the right fingertips) from MEET: outside, pushed in
+# How much higher than the socket the right arm holds its fingertips while inserting. The peg hangs about 1 cm below
+# them (gripped above its centre), the socket a few mm; 4 mm centres the peg's tip on the socket's mouth in the joint
+# replay at step 300 (mean offset -0.5 mm, sd 3 mm over 20 seeds; 8 mm put it +3 mm high and 2 of 20 failed).
+PEG_RAISE = 0.004
 ARM_BASE = {"left": np.array([-0.469, 0.5]), "right": np.array([0.469, 0.5])}  # x, y of each arm's waist
 
 
@@ -112,34 +128,25 @@ def transfer_cube_waypoints(pose: np.ndarray, start: list) -> tuple[list, list]:
     """The right arm picks the cube up and carries it to the meeting point; the left arm, fingers closing vertically,
     takes it there; the right lets go and backs off."""
     cube = np.array([pose[0], pose[1], CUBE_HALF])
-    meet = np.array([0.0, 0.5, 0.25])
     (left_xyz, left_quat), (right_xyz, right_quat) = start
     pick = down("right", 60, toward=cube)
     take = quat_multiply(rotation([1, 0, 0], 90), down("left", 0))  # rolled: fingers close along z
     right = [(0, right_xyz, right_quat, 0),
-             (90, cube + [0.0, 0, 0.08], pick, 1),  # above the cube, open
-             (130, cube + [0.0, 0, 0.0], pick, 1),  # fingertips around it
-             (170, cube + [0.0, 0, 0.0], pick, 0),  # closed
-             (220, meet + [0.0, 0, 0.0], pick, 0),  # carried to the meeting point
-             (310, meet + [0.0, 0, 0.0], pick, 0),
-             (330, meet + [0.0, 0, 0.0], pick, 1),  # let go
-             (370, meet + [0.12, 0, 0.05], pick, 1),  # back off
-             (400, meet + [0.12, 0, 0.05], pick, 1)]
+             (90, cube + [0, 0, 0.08], pick, 1),  # above the cube, open
+             (130, cube, pick, 1),  # fingertips around it
+             (170, cube, pick, 0),  # closed
+             (220, MEET, pick, 0),  # carried to the meeting point
+             (310, MEET, pick, 0),
+             (330, MEET, pick, 1),  # let go
+             (370, MEET + [0.12, 0, 0.05], pick, 1),  # back off
+             (400, MEET + [0.12, 0, 0.05], pick, 1)]
     left = [(0, left_xyz, left_quat, 0),
-            (120, meet + [-0.12, 0, -0.015], take, 1),  # waiting beside the meeting point, open
-            (260, meet + [0.015, 0, -0.015], take, 1),  # fingers around the cube's near half
-            (300, meet + [0.015, 0, -0.015], take, 0),  # closed
-            (360, meet + [-0.1, 0, -0.015], take, 0),  # pulled away with the cube
-            (400, meet + [-0.1, 0, -0.015], take, 0)]
+            (120, MEET + [-0.12, 0, -0.015], take, 1),  # waiting beside the meeting point, open
+            (260, MEET + [0.015, 0, -0.015], take, 1),  # fingers around the cube's near half
+            (300, MEET + [0.015, 0, -0.015], take, 0),  # closed
+            (360, MEET + [-0.1, 0, -0.015], take, 0),  # pulled away with the cube
+            (400, MEET + [-0.1, 0, -0.015], take, 0)]
     return left, right
-
-
-# The welds' constraint impedance. gym-aloha's (.25 .25 0.001) is so soft that under MuJoCo 3 a gripper reaching down
-# to the table hangs 4 cm above its mocap target and 15 degrees off its pitch, and misses the cube; MuJoCo's default
-# impedance with a narrower transition holds it within a few millimetres.
-WELD_SOLIMP = [0.95, 0.99, 0.001, 0.5, 2]
-CUBE_HALF = 0.02  # the cube's half size: its centre's height when it rests on the table (z = 0)
-PEG_HALF_HEIGHT, SOCKET_HALF_HEIGHT = 0.01, 0.022  # their centres' heights at rest on the table
 
 
 def insertion_waypoints(pose: np.ndarray, start: list) -> tuple[list, list]:
@@ -147,41 +154,33 @@ def insertion_waypoints(pose: np.ndarray, start: list) -> tuple[list, list]:
     both stay along x; both lift, meet in line above the table, and the right arm pushes the peg into the socket."""
     peg = np.array([pose[0], pose[1], PEG_HALF_HEIGHT])
     socket = np.array([pose[7], pose[8], SOCKET_HALF_HEIGHT])
-    meet = np.array([0.0, 0.5, 0.25])
     (left_xyz, left_quat), (right_xyz, right_quat) = start
-    right_pick, left_pick = down("right", 60), down("left", 60)
+    right_pick, left_pick = down("right", 60), down("left", 60)  # not turned: the fingers close along y
     right = [(0, right_xyz, right_quat, 0),
-             (100, peg + [0, 0, 0.08], right_pick, 1),
-             (140, peg + [0, 0, GRIP_ABOVE], right_pick, 1),
-             (170, peg + [0, 0, GRIP_ABOVE], right_pick, 0),
+             (100, peg + [0, 0, 0.08], right_pick, 1),  # above the peg, open
+             (140, peg + [0, 0, GRIP_ABOVE], right_pick, 1),  # fingertips around it
+             (170, peg + [0, 0, GRIP_ABOVE], right_pick, 0),  # closing
              (200, peg + [0, 0, GRIP_ABOVE], right_pick, 0),  # the fingers close slowly (their joints' friction)
-             (230, peg + [0, 0, 0.1], right_pick, 0),
-             (280, meet + [INSERT_START, 0, PEG_RAISE], right_pick, 0),  # peg in line with the socket, its tip outside
-             (380, meet + [INSERT_END, 0, PEG_RAISE], right_pick, 0),  # pushed in
-             (400, meet + [INSERT_END, 0, PEG_RAISE], right_pick, 0)]
+             (230, peg + [0, 0, 0.1], right_pick, 0),  # lifted
+             (280, MEET + [INSERT_START, 0, PEG_RAISE], right_pick, 0),  # peg in line with the socket, its tip outside
+             (380, MEET + [INSERT_END, 0, PEG_RAISE], right_pick, 0),  # pushed in
+             (400, MEET + [INSERT_END, 0, PEG_RAISE], right_pick, 0)]
     left = [(0, left_xyz, left_quat, 0),
             (100, socket + [0, 0, 0.08], left_pick, 1),
             (140, socket, left_pick, 1),
             (170, socket, left_pick, 0),
             (200, socket, left_pick, 0),
             (230, socket + [0, 0, 0.1], left_pick, 0),
-            (280, meet + [-SOCKET_AT, 0, 0], left_pick, 0),
-            (400, meet + [-SOCKET_AT, 0, 0], left_pick, 0)]
+            (280, MEET + [SOCKET_AT, 0, 0], left_pick, 0),
+            (400, MEET + [SOCKET_AT, 0, 0], left_pick, 0)]
     return left, right
 
 
-SOCKET_AT = 0.06
-GRIP_ABOVE = 0.008  # the peg is gripped this far above its centre: lower, the fingertips drag on the table
-# How much higher than the socket the right arm holds its fingertips while inserting. The peg hangs about 1 cm below
-# them (gripped above its centre), the socket a few mm; 4 mm centres the peg's tip on the socket's mouth in the joint
-# replay at step 300 (mean offset -0.5 mm, sd 3 mm over 20 seeds; 8 mm put it +3 mm high and 2 of 20 failed).
-PEG_RAISE = 0.004
-INSERT_START, INSERT_END = 0.14, 0.03
 WAYPOINTS = {"transfer_cube": transfer_cube_waypoints, "insertion": insertion_waypoints}
 
 
-def end_effector_rollout(task: str, pose: np.ndarray, frames_every: int = 0):
-    """Run the task's waypoints in the mocap task. Returns (joint commands (T, 14), rewards (T,), frames)."""
+def end_effector_rollout(task: str, pose: np.ndarray):
+    """Run the task's waypoints in the mocap task, no camera. Returns (joint commands (T, 14), rewards (T,))."""
     sim = AlohaSim(task, end_effector=True)
     sim.physics.model.eq_solimp[:2] = WELD_SOLIMP
     sim.reset(pose)
@@ -189,16 +188,14 @@ def end_effector_rollout(task: str, pose: np.ndarray, frames_every: int = 0):
     for i, (xyz, quat) in enumerate(start):
         sim.physics.data.mocap_pos[i], sim.physics.data.mocap_quat[i] = xyz, quat
     left, right = WAYPOINTS[task](pose, start)
-    commands, rewards, frames = [], [], []
+    commands, rewards = [], []
     for t in range(MAX_EPISODE_STEPS):
         action = np.concatenate([interpolate(left, t), interpolate(right, t)])
         rewards.append(sim.step(action))
         joints = sim.state()
         joints[[6, 13]] = action[[7, 15]]  # the grippers: their normalised commands, not where the fingers are
         commands.append(joints)
-        if frames_every and t % frames_every == 0:
-            frames.append(sim.physics.render(240, 320, camera_id="angle"))
-    return np.array(commands, np.float32), np.array(rewards), frames
+    return np.array(commands, np.float32), np.array(rewards)
 
 
 def joint_replay(task: str, pose: np.ndarray, commands: np.ndarray, record_camera: bool):
@@ -222,7 +219,7 @@ def scripted_episode(task: str, seed: int, record_camera: bool):
     """The scripted demo of episode `seed`: (states (T, 14), actions (T, 14), frames (T, 480, 640, 3) or None,
     max reward of the joint replay)."""
     pose = object_pose(task, seed)
-    commands, _, _ = end_effector_rollout(task, pose)
+    commands, _ = end_effector_rollout(task, pose)
     states, rewards, frames = joint_replay(task, pose, commands, record_camera)
     return states, commands, frames, rewards.max()
 
@@ -238,6 +235,18 @@ def write_demo(task: str, seed: int, path: Path):
     with h5py.File(tmp, "a") as file:  # where it came from, for whoever reads the file later
         file.attrs["task"], file.attrs["seed"] = task, seed
     tmp.rename(path)  # whole files only: a killed run leaves no half-written episode
+
+
+def _already_written(path: Path, task: str, seed: int) -> bool:
+    """True if a killed run of the same making wrote this file; a file from another task or seed stops the run."""
+    if not path.exists():
+        return False
+    with h5py.File(path, "r") as file:
+        written = (file.attrs.get("task"), file.attrs.get("seed"))
+    if written != (task, seed):
+        raise UserInputError(f"{path} holds {written[0]} seed {written[1]}, not {task} seed {seed}: "
+                             f"write these demos to an empty folder")
+    return True
 
 
 def make_scripted_demos(task: str, num_demos: int, out_dir, workers: int = 1) -> dict:
@@ -264,7 +273,7 @@ def make_scripted_demos(task: str, num_demos: int, out_dir, workers: int = 1) ->
     print(f"[aloha demos] {task}: {num_demos} of {attempted} scripted episodes reach reward {SUCCESS_REWARD}; "
           f"rendering and writing them to {out_dir} with {workers} worker(s)")
     jobs = [(task, seed, out_dir / f"episode_{i}.hdf5") for i, seed in enumerate(seeds)
-            if not (out_dir / f"episode_{i}.hdf5").exists()]
+            if not _already_written(out_dir / f"episode_{i}.hdf5", task, seed)]
     if workers > 1 and len(jobs) > 1:
         # spawn: a fresh process per worker, without this one's threads or GL context
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -7,11 +7,20 @@
 # Its modeling_act.py needs only torch/torchvision/einops, but importing it goes through lerobot's
 # config, optimiser and dataset modules, so their import-time dependencies are installed as well,
 # each pinned to what lerobot 0.4.4 asks for and to releases that still work with numpy 1.26.
+# The README's test command runs it (about 1 min the first time, from PyPI): the tests that read a dataset LeRobot
+# wrote and the LeRobot race need it. Re-running it skips the install while this script is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 TARGET=benchmarks/.lerobot_site
+STAMP="$TARGET/.install_lerobot.sha256"
 
+want=$(sha256sum "$0" | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then
+    echo "[lerobot] the pinned copy is installed in $TARGET"
+    exit 0
+fi
+echo "[lerobot] installing LeRobot 0.4.4's pinned copy into $TARGET (about 1 min from PyPI)"
 rm -rf "$TARGET"
 "$PYTHON" -m pip install --quiet --no-deps --target "$TARGET" \
     "lerobot==0.4.4" \
@@ -25,3 +34,4 @@ rm -rf "$TARGET"
 # Run from outside the repository: our own `datasets` package would shadow Hugging Face's there.
 (cd /tmp && PYTHONPATH="$OLDPWD/$TARGET" "$OLDPWD/$PYTHON" -c \
     "import lerobot, lerobot.policies.act.modeling_act; print('lerobot', lerobot.__version__, 'ACT import ok')")
+echo "$want" >"$STAMP"

@@ -170,10 +170,6 @@ class _AlohaWorker(gym.Env):
         return resize_frames(frame, (CAMERA_HEIGHT // VIDEO_SCALE, CAMERA_WIDTH // VIDEO_SCALE))
 
 
-def _make_worker(task: str, cameras: list[str], image_size, index: int):
-    return _AlohaWorker(task, cameras, image_size, index)
-
-
 class AlohaEnv(RobotEnv):
     def __init__(self, task: str, cameras: list[str], image_size=None, num_envs: int = 1,
                  max_episode_steps: int = MAX_EPISODE_STEPS):
@@ -185,7 +181,7 @@ class AlohaEnv(RobotEnv):
         self.image_size = tuple(image_size) if image_size else None
         self.max_episode_steps = max_episode_steps
         self.action_dim = ACTION_DIM
-        makers = [functools.partial(_make_worker, task, self.cameras, self.image_size, i) for i in range(num_envs)]
+        makers = [functools.partial(_AlohaWorker, task, self.cameras, self.image_size, i) for i in range(num_envs)]
         # forkserver: workers must not inherit this process's torch/OpenMP threads (nor a GL context)
         self.env = (gym.vector.SyncVectorEnv(makers) if num_envs == 1
                     else gym.vector.AsyncVectorEnv(makers, context="forkserver"))

@@ -109,6 +109,8 @@ def test_demo_file_reads_back_with_the_replayed_commands(tmp_path: Path):
     finally:
         env.close()
     assert np.abs(frames[0].astype(int) - live.astype(int)).mean() < 2
+    red = (live[..., 0] > 150) & (live[..., 1] < 60)  # the cube: channels stored in RGB order, not swapped
+    assert red.sum() > 50 and (frames[0][red][:, 0] > 150).mean() > 0.9
     assert np.abs(frames[-1].astype(int) - live.astype(int)).mean() > 2  # the scene changed during the demo
 
 

@@ -192,7 +192,7 @@ def end_effector_rollout(task: str, pose: np.ndarray):
     for t in range(MAX_EPISODE_STEPS):
         action = np.concatenate([interpolate(left, t), interpolate(right, t)])
         rewards.append(sim.step(action))
-        joints = sim.state()
+        joints = sim.state()  # where this step took the arms: the joint command of the replay's step t
         joints[[6, 13]] = action[[7, 15]]  # the grippers: their normalised commands, not where the fingers are
         commands.append(joints)
     return np.array(commands, np.float32), np.array(rewards)

@@ -15,17 +15,20 @@ whatever the observation needs, while a control step's physics takes under 1 ms.
 gym-aloha's task objects (reset, action mapping, reward) are driven directly, and only the policy's cameras are
 rendered, once per step. Frames are always drawn at the cameras' native 480x640 (as gym-aloha, the paper and the demos
 in datasets/aloha_scripted.py record them) and then resized with env/images.py, the resize the training data goes
-through, so evaluation sees the pixels training saw. On a CPU one 480x640 frame costs about 80 ms, and a smaller one
-hardly less: most of it is the 4096x4096 shadow map of scene.xml, drawn whatever the image size.
+through, so evaluation sees the pixels training saw. On a CPU (Mesa llvmpipe) one top-camera frame costs about 75 ms
+of CPU at 480x640, 62 at 240x320, 56 at 120x160: most of it is the 4096x4096 shadow map of scene.xml, drawn whatever
+the image size (30 ms at 480x640 with shadows off, which would change the images).
 
 Reward stages 0-4 are gym-aloha's (the original's): transfer_cube 1 right gripper touches the cube, 2 lifts it,
 3 left gripper touches it, 4 left gripper holds it off the table; insertion 1 both grippers touch their objects,
-2 both lift them, 3 peg touches socket in the air, 4 peg touches the pin (inserted). Success is reward 4. STAGES names
-the thresholds the paper's Table I reports, for the evaluation's stage rates (an episode reaches a stage when its
-maximum reward is at least the threshold).
+2 both lift them, 3 peg touches socket in the air, 4 peg touches the pin (inserted). Success is reward 4. STAGES maps
+the paper's Table I columns to thresholds, for the evaluation's stage rates (an episode reaches a stage when its
+maximum reward is at least the threshold); the paper names the columns only, the thresholds follow the reward code's
+own stage comments ("lifted", "grasp both", "peg and socket touching", "successful insertion").
 
-Episodes last 400 control steps at 50 Hz (the paper's; gym-aloha registers 300). The E environments run in worker
-processes (gymnasium AsyncVectorEnv, as env/maniskill_env.py does on CPU), one MuJoCo simulation each.
+Episodes last 400 control steps at 50 Hz (the paper's; gym-aloha registers 300). With E > 1 the environments run in
+worker processes (gymnasium AsyncVectorEnv, as env/maniskill_env.py does on CPU), one MuJoCo simulation each, so the
+rendering of E frames spreads over the cores; E = 1 runs in this process.
 
 MUJOCO_GL defaults to "egl" (headless; Mesa's llvmpipe on a machine without a GPU) unless the user set it ("osmesa"
 also works); it must be set before mujoco is imported, hence at the top of this module.

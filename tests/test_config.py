@@ -161,6 +161,7 @@ def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
     (["query_frequency=abc"], "key 'query_frequency' expects int or null, got str 'abc'"),
     (["image_size=abc"], "key 'image_size' expects int or null, got str 'abc'"),
     (["image_crop=abc"], "key 'image_crop' expects a list of int or null, got str 'abc'"),
+    (["query_frequency=40", "model.chunk_size=30"], "query_frequency (40) must be at most model.chunk_size (30)"),
     (["obs_mode=rbg"], "key 'obs_mode' expects one of 'state', 'rgb', 'rgbd', got str 'rbg'. Did you mean: rgb"),
     (["mode=eval"], "mode=eval needs checkpoint="),
     (["resume=ckpts/no-such-run/last.pt"], "checkpoint not found"),

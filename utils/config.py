@@ -201,6 +201,14 @@ def check_values(tree: dict, source: str):
         raise ConfigError(f"{source}: mode=eval needs checkpoint=<a .pt file or an exported policy folder>")
 
 
+def check_complete(tree: dict, source: str):
+    """What only the finished config can tell (a task's recipe may set either key)."""
+    chunk_size, query_frequency = tree["model"]["chunk_size"], tree["query_frequency"]
+    if query_frequency is not None and query_frequency > chunk_size:
+        raise ConfigError(f"{source}: query_frequency ({query_frequency}) must be at most model.chunk_size "
+                          f"({chunk_size}): open loop plays at most one chunk before querying again")
+
+
 # --------------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------------
@@ -319,10 +327,12 @@ def resolve_config(default_path, config_path=None, overrides=(), task_defaults=N
         layers.set_all(overrides, "command line")
         _refuse_architecture_change(trained, layers.tree, source)
         check_values(layers.tree, f"{source} (its config) + command line")
+        check_complete(layers.tree, f"{source} (its config) + command line")
         return layers.build(), layers.sources, checkpoint
     if task_defaults:
         _fill_in_recipe(layers, task_defaults)
         check_values(layers.tree, files)
+    check_complete(layers.tree, files)
     return layers.build(), layers.sources, None
 
 

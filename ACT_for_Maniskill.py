@@ -12,34 +12,17 @@ The story: config -> demonstrations -> replay buffer -> ACT policy -> training l
 held-out demos, success rate in the simulator, checkpoints, videos) -> final evaluation.
 """
 
-from datasets.maniskill_demos import default_demo_path, generate_demos, load_maniskill_demos, task_recipe
 from datasets.chunk_dataset import infer_action_type
+from datasets.maniskill_demos import load_configured_demos, task_recipe
 from env.maniskill_env import ManiSkillEnv, check_cameras, check_env_id
 from models.policy import build_policy
-from utils.config import parse_args, repo_path, run_main
+from utils.config import REPO_ROOT, parse_args, run_main
 from utils.distributed import init_distributed, main_process_first
 from utils.evaluation import evaluate_checkpoint
 from utils.run_setup import prepare_data, start_run
-from utils.schema import ManiSkillRun
 from utils.training import final_summary, train
 
 DEFAULT_CONFIG = "configs/ACT_maniskill_config.yaml"
-
-
-def load_episodes(cfg: ManiSkillRun):
-    """The configured demo file, generated with ManiSkill's motion planner first if it is missing."""
-    path = repo_path(cfg.demo_path or default_demo_path(cfg.demo_dir, cfg.env_id, cfg.obs_mode, cfg.control_mode,
-                                                        cfg.num_demos))
-    if not path.exists():
-        print(f"[demos] {path} not found: generating {cfg.num_demos} demonstrations with ManiSkill's motion planner")
-        generate_demos(cfg.env_id, cfg.num_demos, cfg.obs_mode, cfg.control_mode, path, workers=cfg.demo_workers)
-    return load_maniskill_demos(path, cfg.num_demos, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.image_size,
-                                cfg.image_crop)
-
-
-def make_env(cfg: ManiSkillRun, num_envs: int) -> ManiSkillEnv:
-    return ManiSkillEnv(cfg.env_id, num_envs, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.max_episode_steps,
-                        cfg.sim_backend, cfg.render_backend, cfg.image_size, cfg.image_crop)
 
 
 def main():
@@ -53,13 +36,13 @@ def main():
     check_cameras(cfg.env_id, cfg.obs_mode, cfg.cameras)  # before any demo is made
     run = start_run(cfg, checkpoint, distributed)
     if cfg.mode == "eval":
-        evaluate_checkpoint(cfg, run, lambda n: make_env(cfg, n))
+        evaluate_checkpoint(cfg, run, lambda n: ManiSkillEnv.from_config(cfg, n))
         return
 
-    # 2. Data: demonstrations -> train/validation replay buffers + normalisation statistics.
+    # 2. Data: demonstrations -> train/validation chunk datasets + normalisation statistics.
     action_type = infer_action_type(cfg.control_mode) if cfg.action_type == "auto" else cfg.action_type
     with main_process_first(distributed):  # under torchrun rank 0 makes missing demos, then the others load
-        episodes = load_episodes(cfg)
+        episodes = load_configured_demos(cfg, REPO_ROOT)  # generated with the motion planner if missing
     data = prepare_data(cfg, episodes, action_type)
 
     # 3. Model: the ACT policy, sized by cfg.model, carrying the statistics.
@@ -67,7 +50,7 @@ def main():
                           saved_meta=checkpoint and checkpoint["shape_meta"])
 
     # 4. Train: validation loss, simulator success rate, checkpoints and videos along the way.
-    final = train(cfg, run, policy, data, lambda n: make_env(cfg, n))
+    final = train(cfg, run, policy, data, lambda n: ManiSkillEnv.from_config(cfg, n))
     print(f"[done] {run.name}: {final_summary(final)}; checkpoints and curves in {run.ckpt_dir}")
 
 

@@ -43,13 +43,6 @@ def load_episodes(cfg: BiGymRun):
                             max_episode_steps=cfg.max_episode_steps, proprioception=cfg.proprioception)
 
 
-def make_env(cfg: BiGymRun, num_envs: int) -> BiGymEnv:
-    return BiGymEnv(cfg.env_id, num_envs, cfg.cameras, cfg.image_size, cfg.action_type, cfg.control_frequency,
-                    cfg.max_episode_steps, cfg.fast_rendering, perturbed_starts=cfg.perturbed_starts,
-                    floating_dofs=cfg.floating_dofs, joint_velocities=cfg.joint_velocities, base_action=cfg.base_action,
-                    elapsed_time=cfg.elapsed_time, proprioception=cfg.proprioception)
-
-
 def main():
     # 0. Processes: under torchrun join its process group (rank 0 reports and writes); plain python: one process.
     distributed = init_distributed()
@@ -61,10 +54,10 @@ def main():
     check_state_contents(cfg.proprioception, cfg.elapsed_time, cfg.max_episode_steps)
     run = start_run(cfg, checkpoint, distributed)
     if cfg.mode == "eval":
-        evaluate_checkpoint(cfg, run, lambda n: make_env(cfg, n))
+        evaluate_checkpoint(cfg, run, lambda n: BiGymEnv.from_config(cfg, n))
         return
 
-    # 2. Data: demonstrations -> train/validation replay buffers + normalisation statistics.
+    # 2. Data: demonstrations -> train/validation chunk datasets + normalisation statistics.
     with main_process_first(distributed):  # under torchrun rank 0 makes missing demos and caches first
         episodes = load_episodes(cfg)
     data = prepare_data(cfg, episodes, cfg.action_type)
@@ -74,7 +67,7 @@ def main():
                           saved_meta=checkpoint and checkpoint["shape_meta"])
 
     # 4. Train: validation loss, simulator success rate, checkpoints and videos along the way.
-    final = train(cfg, run, policy, data, lambda n: make_env(cfg, n))
+    final = train(cfg, run, policy, data, lambda n: BiGymEnv.from_config(cfg, n))
     starts = "held-out perturbed starts" if cfg.perturbed_starts else "BiGym's own reset"
     print(f"[done] {run.name} ({cfg.demo_source} demos, evaluated on {starts}): {final_summary(final)}; "
           f"checkpoints and curves in {run.ckpt_dir}")

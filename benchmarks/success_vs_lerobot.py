@@ -56,13 +56,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from ACT_for_Maniskill import DEFAULT_CONFIG, load_episodes, make_env
 from datasets.chunk_dataset import infer_action_type, make_train_loader
-from datasets.maniskill_demos import task_recipe
+from datasets.maniskill_demos import load_configured_demos, task_recipe
 from env.errors import UserInputError
+from env.maniskill_env import ManiSkillEnv
 from models.policy import build_policy
 from utils.allocator import reuse_freed_memory
-from utils.config import load_config, repo_path, run_main
+from utils.config import REPO_ROOT, default_config_file, load_config, repo_path, run_main
 from utils.deploy import DeployedPolicy
 from utils.distributed import Distributed
 from utils.evaluation import evaluate_controller, summarize
@@ -71,6 +71,7 @@ from utils.run_setup import prepare_data, seed_everything, select_device
 from utils.schema import ManiSkillRun
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = default_config_file("maniskill")
 LEROBOT_SITE = REPO / "benchmarks" / ".lerobot_site"
 STATE_CONFIG = "configs/ACT_maniskill_state_config.yaml"
 EXECUTIONS = ("temporal ensemble", "open loop")  # how a chunk becomes actions; see the docstring, step 3
@@ -232,7 +233,7 @@ def run_one(impl: str, seed: int, cfg: ManiSkillRun, args, result_path: str):
     seed_everything(seed)
     device = select_device(cfg.device, Distributed())
     action_type = infer_action_type(cfg.control_mode) if cfg.action_type == "auto" else cfg.action_type
-    data = prepare_data(cfg, load_episodes(cfg), action_type)
+    data = prepare_data(cfg, load_configured_demos(cfg, REPO_ROOT), action_type)
     loader = make_train_loader(data.train_set, cfg.batch_size, seed, num_workers=0)
     marks_s = [60 * m for m in args.marks_min]
 
@@ -250,7 +251,7 @@ def run_one(impl: str, seed: int, cfg: ManiSkillRun, args, result_path: str):
                                     temporal_ensemble=execution == "temporal ensemble")
             players[execution] = lerobot.ACTPolicy(config).to(device)
 
-    env = make_env(cfg, cfg.num_eval_envs)
+    env = ManiSkillEnv.from_config(cfg, cfg.num_eval_envs)
     evals = {execution: [] for execution in EXECUTIONS}
     for snapshot in snapshots:
         for execution in EXECUTIONS:
@@ -344,7 +345,7 @@ def main():
     args.num_episodes = args.eval_episodes or cfg.num_eval_episodes
     out = repo_path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    load_episodes(cfg)  # makes the demos now if they are missing, before any clock starts
+    load_configured_demos(cfg, REPO_ROOT)  # makes the demos now if they are missing, before any clock starts
 
     results = []
     for index, seed in enumerate(args.seeds):

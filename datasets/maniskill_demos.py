@@ -287,6 +287,19 @@ def demo_metadata(path: Path) -> dict:
     return json.loads(json_path.read_text())
 
 
+def load_configured_demos(cfg, repo_root: Path) -> list[dict]:
+    """The demos a ManiSkill run's config names (utils/schema.py's ManiSkillRun): its demo file (relative paths from
+    repo_root), generated with ManiSkill's motion planner first if it is missing."""
+    path = Path(cfg.demo_path or default_demo_path(cfg.demo_dir, cfg.env_id, cfg.obs_mode, cfg.control_mode,
+                                                   cfg.num_demos))
+    path = path if path.is_absolute() else repo_root / path
+    if not path.exists():
+        print(f"[demos] {path} not found: generating {cfg.num_demos} demonstrations with ManiSkill's motion planner")
+        generate_demos(cfg.env_id, cfg.num_demos, cfg.obs_mode, cfg.control_mode, path, workers=cfg.demo_workers)
+    return load_maniskill_demos(path, cfg.num_demos, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.image_size,
+                                cfg.image_crop)
+
+
 def load_maniskill_demos(path, num_demos: int, obs_mode: str, control_mode: str,
                          cameras: list[str] | None = None, image_size: int | None = None,
                          image_crop: list[int] | None = None) -> list[dict]:

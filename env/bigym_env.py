@@ -377,6 +377,14 @@ class BiGymEnv(RobotEnv):
         self.fast_rendering, self.video_size = fast_rendering, video_size
         self._video_renderers = None  # made on the first render() call: evaluation without video never pays
 
+    @classmethod
+    def from_config(cls, cfg, num_envs: int) -> "BiGymEnv":
+        """The adapter a BiGym run's config describes (utils/schema.py's BiGymRun)."""
+        return cls(cfg.env_id, num_envs, cfg.cameras, cfg.image_size, cfg.action_type, cfg.control_frequency,
+                   cfg.max_episode_steps, cfg.fast_rendering, perturbed_starts=cfg.perturbed_starts,
+                   floating_dofs=cfg.floating_dofs, joint_velocities=cfg.joint_velocities, base_action=cfg.base_action,
+                   elapsed_time=cfg.elapsed_time, proprioception=cfg.proprioception)
+
     def _convert(self, observations: list[dict]) -> dict:
         states = np.stack([bigym_state_vector(obs, self.joint_velocities) for obs in observations])  # (E, S)
         states = policy_state(states, self.steps, self.max_episode_steps, self.proprioception, self.elapsed_time)

@@ -149,6 +149,12 @@ class ManiSkillEnv(RobotEnv):
                 context="forkserver")
         self.action_dim = self.env.single_action_space.shape[0] if not self.gpu else self.env.action_space.shape[-1]
 
+    @classmethod
+    def from_config(cls, cfg, num_envs: int) -> "ManiSkillEnv":
+        """The adapter a ManiSkill run's config describes (utils/schema.py's ManiSkillRun)."""
+        return cls(cfg.env_id, num_envs, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.max_episode_steps,
+                   cfg.sim_backend, cfg.render_backend, cfg.image_size, cfg.image_crop)
+
     def _convert(self, obs) -> dict:
         if self.gpu:
             from mani_skill.utils import common

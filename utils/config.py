@@ -29,6 +29,7 @@ import yaml
 
 from env.errors import UserInputError, did_you_mean
 from models.config import ARCHITECTURE_KEYS
+from utils.checkpoint import load_checkpoint
 from utils.schema import RUN_CONFIGS, RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -317,17 +318,15 @@ def resolve_config(default_path, config_path=None, overrides=(), task_defaults=N
     layers.set_all(overrides, "command line")
     check_values(layers.tree, files)  # before a recipe imports a simulator, before a checkpoint is read
     tree = layers.tree
-    source = tree["resume"] or (tree["checkpoint"] if tree["mode"] == "eval" else None)
-    if source:
-        from utils.checkpoint import load_checkpoint
-
-        checkpoint = load_checkpoint(repo_path(source), for_resume=bool(tree["resume"]))
-        layers = checkpoint_layers(checkpoint["config"], source, _default_layers(default_path))
+    saved = tree["resume"] or (tree["checkpoint"] if tree["mode"] == "eval" else None)
+    if saved:
+        checkpoint = load_checkpoint(repo_path(saved), for_resume=bool(tree["resume"]))
+        layers = checkpoint_layers(checkpoint["config"], saved, _default_layers(default_path))
         trained = _flatten(layers.tree)
         layers.set_all(overrides, "command line")
-        _refuse_architecture_change(trained, layers.tree, source)
-        check_values(layers.tree, f"{source} (its config) + command line")
-        check_complete(layers.tree, f"{source} (its config) + command line")
+        _refuse_architecture_change(trained, layers.tree, saved)
+        check_values(layers.tree, f"{saved} (its config) + command line")
+        check_complete(layers.tree, f"{saved} (its config) + command line")
         return layers.build(), layers.sources, checkpoint
     if task_defaults:
         _fill_in_recipe(layers, task_defaults)

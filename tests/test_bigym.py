@@ -91,12 +91,13 @@ def test_perturbed_starts_vary_within_bounds():
 
 def test_scripted_recipe_applies_to_scripted_demos_unless_the_user_set_the_key(capsys):
     paper, cpu = "configs/ACT_bigym_config.yaml", "configs/ACT_bigym_cpu_config.yaml"
-    for task, recipe in ((task, scripted.recipe) for task, scripted in SCRIPTED_TASKS.items()):  # the CPU config sets none of them: naming the task is enough
+    # The CPU config sets none of the recipe's keys: naming the task is enough.
+    for task, recipe in ((task, scripted.recipe) for task, scripted in SCRIPTED_TASKS.items()):
         cfg = load_config(paper, cpu, [f"env_id={task}"], task_defaults=scripted_recipe)
         for key, value in recipe.items():
             node = cfg
             for part in key.split("."):
-                node = node[part]
+                node = getattr(node, part)
             assert node == value, (task, key)
         log = capsys.readouterr().out
         assert f"{task} scripted-demo recipe" in log and "wins" not in log

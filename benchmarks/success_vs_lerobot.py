@@ -159,7 +159,7 @@ def train_ours(cfg, data, device):
     reuse_freed_memory()  # as train() does on CPU, once the data is read
     optimizer = build_optimizer(cfg, policy)
     scheduler = build_scheduler(cfg, optimizer)
-    autocast = make_autocast(cfg, device)
+    autocast, _ = make_autocast(cfg, device)
 
     def step(batch: dict, iteration: int):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -416,5 +416,6 @@ def act_loss(pred, target, is_pad, mu, logvar, kl_weight: float):
     if mu is None:
         kl = torch.zeros((), device=pred.device)
     else:
+        mu, logvar = mu.float(), logvar.float()  # under bf16 autocast they come out of a bf16 Linear: sum in fp32
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(dim=-1).mean()
     return {"loss": l1 + kl_weight * kl, "l1": l1, "kl": kl}

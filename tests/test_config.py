@@ -85,6 +85,7 @@ def test_configs_written_before_the_typed_schema_still_load(source, capsys):
     kept = {key: value for key, value in _flatten(saved).items() if key not in RENAMED and key != "num_eval_episodes"}
     assert {key: _flatten(cfg.to_dict())[key] for key in kept} == kept
     assert cfg.action_type == (saved.get("action_mode") or saved.get("data", {}).get("action_type") or "auto")
+    assert saved["amp"] is False and cfg.precision == "fp32"  # trained in fp32, so resumed in fp32: resume stays exact
     if source != "maniskill":
         assert "is now called 'action_type'" in capsys.readouterr().out
 
@@ -124,9 +125,12 @@ def test_every_key_is_type_checked_even_where_the_default_is_null():
 
 def test_old_names_in_a_config_file_load_and_say_what_to_rename(tmp_path, capsys):
     old = tmp_path / "old_bigym.yaml"
-    old.write_text("action_mode: delta\n")
-    assert load_config("configs/ACT_bigym_config.yaml", old).action_type == "delta"
-    assert f"{old}: key 'action_mode' is now called 'action_type'" in capsys.readouterr().out
+    old.write_text("action_mode: delta\namp: true\n")
+    cfg = load_config("configs/ACT_bigym_config.yaml", old)
+    assert (cfg.action_type, cfg.precision) == ("delta", "bf16")
+    log = capsys.readouterr().out
+    assert f"{old}: key 'action_mode' is now called 'action_type'" in log
+    assert f"{old}: key 'amp' is now called 'precision' (amp=True is precision=bf16)" in log
     with pytest.raises(ConfigError, match="It is a key of maniskill, bigym runs; this is a dataset run"):
         load_config("configs/ACT_dataset_config.yaml", None, ["env_id=PickCube-v1"])
 

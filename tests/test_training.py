@@ -10,7 +10,7 @@ from models.act import act_loss
 from models.policy import build_policy
 from utils.config import load_config
 from utils.evaluation import validate
-from utils.optimization import kl_weight_at
+from utils.optimization import cpu_bf16_units, kl_weight_at, make_autocast
 
 
 def test_validation_l1_is_the_deployed_policy_not_the_reconstruction(pickcube_state_demos):
@@ -51,3 +51,27 @@ def test_kl_warmup_ramps_the_weight_the_loss_uses(pickcube_state_demos):
     assert constant["kl"] > 0
     torch.testing.assert_close(constant["loss"], constant["l1"] + 10.0 * constant["kl"])
     torch.testing.assert_close(ramped["loss"], ramped["l1"] + 2.5 * ramped["kl"])
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16", "fp32"])
+def test_precision_decides_what_the_forward_pass_computes_in(precision):
+    """auto: bf16 exactly where the CPU has bf16 matrix units; the losses stay fp32 either way (the KL term included,
+    whose inputs come out of a bf16 Linear)."""
+    cfg = load_config("configs/ACT_maniskill_config.yaml", "configs/ACT_maniskill_state_config.yaml",
+                      [f"precision={precision}", "model.d_model=32", "model.nhead=4", "model.dim_feedforward=64"])
+    autocast, said = make_autocast(cfg, torch.device("cpu"))
+    bf16 = precision == "bf16" or (precision == "auto" and bool(cpu_bf16_units()))
+    meta = {"state_dim": 9, "action_dim": 4, "num_cameras": 0, "image_channels": 3}
+    stats = {"state_mean": np.zeros(9), "state_std": np.ones(9), "action_mean": np.zeros(4), "action_std": np.ones(4)}
+    policy = build_policy(cfg.model, meta, stats)
+    chunk = cfg.model.chunk_size
+    batch = {"state": torch.randn(2, 1, 9), "actions": torch.randn(2, chunk, 4),
+             "is_pad": torch.zeros(2, chunk, dtype=torch.bool)}
+    with autocast:
+        hidden = policy.model.action_head(torch.randn(2, cfg.model.d_model))
+        losses = policy(batch)
+    assert hidden.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert said.startswith("bf16 autocast" if bf16 else "fp32") and f"precision={precision}" in said
+    assert all(value.dtype == torch.float32 for value in losses.values())
+    if precision == "auto" and bf16:
+        assert any(unit in said for unit in cpu_bf16_units())  # the log names why

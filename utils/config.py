@@ -39,6 +39,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RENAMED = {
     "action_mode": "action_type",  # BiGym's name for it
     "data.action_type": "action_type",  # own data's name for it
+    "amp": "precision",  # a boolean until bf16 became the CPU default
+}
+# How the values of a renamed key translate, where they changed too: old key -> {old value: new value}.
+RENAMED_VALUES = {
+    "amp": {True: "bf16", False: "fp32"},
 }
 # Keys old checkpoints hold that the schema no longer has, and why they can be ignored.
 DROPPED = {
@@ -225,8 +230,10 @@ class Layers:
     def set(self, dotted_key: str, value, source: str):
         """tree[dotted_key] = value, checked against the schema."""
         if dotted_key in RENAMED:
-            print(f"[config] {source}: key '{dotted_key}' is now called '{RENAMED[dotted_key]}'")
-            dotted_key = RENAMED[dotted_key]
+            new_value = RENAMED_VALUES.get(dotted_key, {}).get(value, value)
+            print(f"[config] {source}: key '{dotted_key}' is now called '{RENAMED[dotted_key]}'"
+                  + (f" ({dotted_key}={value} is {RENAMED[dotted_key]}={new_value})" if new_value != value else ""))
+            dotted_key, value = RENAMED[dotted_key], new_value
         if dotted_key not in self.fields:
             raise ConfigError(f"{source}: unknown config key '{dotted_key}'." + self._suggest(dotted_key))
         annotation = self.fields[dotted_key]

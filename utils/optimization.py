@@ -2,11 +2,14 @@
 weight's warm-up, the EMA of the weights and the autocast context (`make_autocast`, the one place that decides
 mixed precision)."""
 
+import contextlib
 import copy
 import math
+from pathlib import Path
 
 import torch
 
+from env.errors import UserInputError
 from models.policy import ACTPolicy
 from utils.schema import RunConfig
 
@@ -68,9 +71,39 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-def make_autocast(cfg: RunConfig, device: torch.device):
-    """The context the forward pass runs in: bf16 autocast with amp=true on CUDA, else full precision."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+def cpu_bf16_units() -> list[str]:
+    """The bf16 matrix units this CPU announces (Linux /proc/cpuinfo flags); empty elsewhere or without them."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    found = set(flags.split(":", 1)[1].split())
+    return [unit for flag, unit in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in found]
+
+
+def make_autocast(cfg: RunConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, str]:
+    """(the context the training step's forward pass runs in, one line saying which precision and why).
+
+    precision=auto: bf16 autocast on a CPU with bf16 matrix units, where it halves a camera policy's step time and
+    learned as well as fp32 (benchmarks/RESULTS.md, "bf16 on CPU"); fp32 on CUDA, where bf16 measured no faster on an
+    H200, and on other CPUs. Under autocast the weights, gradients, optimiser state and losses stay fp32; matrix
+    products and convolutions run in bf16. Validation, evaluation and deployment always run in fp32.
+    """
+    units = cpu_bf16_units() if device.type == "cpu" else []
+    if cfg.precision == "auto":
+        use_bf16 = bool(units)
+        reason = (f"precision=auto, this CPU has {' and '.join(units)}" if units else
+                  "precision=auto on CUDA" if device.type == "cuda" else "precision=auto, this CPU has no bf16 units")
+    else:
+        use_bf16, reason = cfg.precision == "bf16", f"precision={cfg.precision}"
+        if use_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserInputError(f"precision=bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
+                                 f"use precision=fp32")
+        if use_bf16 and device.type == "cpu" and not units:
+            reason += "; this CPU has no bf16 matrix units, so expect it slower than fp32"
+    if not use_bf16:
+        return contextlib.nullcontext(), f"fp32 ({reason})"
+    return torch.autocast(device.type, dtype=torch.bfloat16), f"bf16 autocast ({reason}; precision=fp32 to turn off)"
 
 
 def optimization_step(cfg: RunConfig, policy: ACTPolicy, training_policy, optimizer, scheduler, autocast, batch: dict,

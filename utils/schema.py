@@ -60,7 +60,8 @@ class RunConfig:
     #                           iterations, against posterior collapse (benchmarks/HISTORY.md); 0 = constant
     grad_clip: float = 10.0
     ema_decay: float = 0.0  # > 0 keeps an EMA of the weights for evaluation and deployment (e.g. 0.999)
-    amp: bool = False  # bf16 autocast on CUDA (ignored on CPU); no faster on an H200 (benchmarks/HISTORY.md, "CUDA")
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on a CPU with bf16 matrix units
+    #   (AMX / AVX512-BF16), fp32 elsewhere (CUDA: bf16 measured no faster on an H200); utils/optimization.py
     compile: bool = False  # torch.compile the training step
 
     # --- logging, validation, checkpoints ---

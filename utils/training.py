@@ -68,7 +68,8 @@ def train(cfg: RunConfig, run: Run, policy: ACTPolicy, data: TrainingData, make_
     training_policy = (DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
                        if distributed.enabled else policy)
     training_policy = torch.compile(training_policy) if cfg.compile else training_policy
-    autocast = make_autocast(cfg, device)
+    autocast, precision = make_autocast(cfg, device)
+    print(f"[precision] {precision}")
 
     env, metrics, collapse_reported = None, {}, False
     running = {"loss": 0.0, "l1": 0.0, "kl": 0.0}  # summed since the last log, on the device

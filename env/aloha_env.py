@@ -184,6 +184,7 @@ class AlohaEnv(RobotEnv):
         self.image_size = tuple(image_size) if image_size else None
         self.max_episode_steps = max_episode_steps
         self.action_dim = ACTION_DIM
+        self.stages = STAGES[task]  # the evaluation reports each stage's rate (env/protocol.py)
         makers = [functools.partial(_AlohaWorker, task, self.cameras, self.image_size, i) for i in range(num_envs)]
         # forkserver: workers must not inherit this process's torch/OpenMP threads (nor a GL context)
         self.env = (gym.vector.SyncVectorEnv(makers) if num_envs == 1

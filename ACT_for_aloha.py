@@ -13,11 +13,11 @@ back through the own-data ALOHA HDF5 reader) -> chunk dataset -> ACT policy -> t
 demos, success and stage rates on 50 unseen starts from eval_seed, checkpoints, videos) -> final evaluation.
 """
 
-from datasets.aloha_scripted import check_demo_cameras, demo_seeds_tried, load_aloha_demos
+from datasets.aloha_scripted import check_demo_cameras, demo_seeds_tried, load_configured_demos
 from env.aloha_env import AlohaEnv, AlohaSim
 from env.errors import UserInputError
 from models.policy import build_policy
-from utils.config import parse_args, repo_path, run_main
+from utils.config import REPO_ROOT, parse_args, run_main
 from utils.distributed import init_distributed, main_process_first
 from utils.evaluation import evaluate_checkpoint
 from utils.run_setup import prepare_data, start_run
@@ -37,10 +37,6 @@ def check_eval_seeds(cfg: AlohaRun, demo_seeds: range | list[int]):
                              f"(default 1000000)")
 
 
-def make_env(cfg: AlohaRun, num_envs: int) -> AlohaEnv:
-    return AlohaEnv(cfg.env_id, cfg.cameras, cfg.image_size, num_envs, cfg.max_episode_steps)
-
-
 def main():
     # 0. Processes: under torchrun join its process group (rank 0 reports and writes); plain python: one process.
     distributed = init_distributed()
@@ -53,14 +49,13 @@ def main():
         check_eval_seeds(cfg, range(demo_seeds_tried(cfg.num_demos)))
     if cfg.mode == "eval":
         run = start_run(cfg, checkpoint, distributed)
-        evaluate_checkpoint(cfg, run, lambda n: make_env(cfg, n))
+        evaluate_checkpoint(cfg, run, lambda n: AlohaEnv.from_config(cfg, n))
         return
     check_demo_cameras(cfg.cameras)
 
     # 2. Data: the scripted demos (made when the folder lacks them) -> train/validation chunk datasets + statistics.
     with main_process_first(distributed):  # under torchrun rank 0 makes missing demos, then the others read them
-        episodes, demo_seeds = load_aloha_demos(cfg.env_id, repo_path(cfg.demo_dir) / cfg.env_id, cfg.num_demos,
-                                                cfg.cameras, cfg.image_size, cfg.demo_workers)
+        episodes, demo_seeds = load_configured_demos(cfg, REPO_ROOT)  # made by the scripted policy if missing
     check_eval_seeds(cfg, demo_seeds)  # the seeds the files record, whoever made them
     run = start_run(cfg, checkpoint, distributed)
     data = prepare_data(cfg, episodes, cfg.action_type, cfg.cameras)
@@ -70,7 +65,7 @@ def main():
                           saved_meta=checkpoint and checkpoint["shape_meta"])
 
     # 4. Train: validation loss, success and stage rates in the simulator, checkpoints and videos along the way.
-    final = train(cfg, run, policy, data, lambda n: make_env(cfg, n))
+    final = train(cfg, run, policy, data, lambda n: AlohaEnv.from_config(cfg, n))
     stages = ", ".join(f"{key[11:]} {value:.1%}" for key, value in final.items() if key.startswith("eval/stage/"))
     print(f"[done] {run.name}: {final_summary(final)}" + (f" (stages: {stages})" if stages else "")
           + f"; checkpoints and curves in {run.ckpt_dir}")

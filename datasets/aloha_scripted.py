@@ -302,27 +302,30 @@ def check_demo_cameras(cameras: list[str]):
                              f"expected cameras: [{CAMERA}] or []")
 
 
-def load_aloha_demos(task: str, folder, num_demos: int, cameras: list[str], image_size,
-                     workers: int = 0) -> tuple[list[dict], list[int]]:
-    """The first num_demos demos of `folder` (-1: every one there) as training episodes, made first when the folder
-    holds fewer (in `workers` processes, 0: one per CPU core), and read back through the own-data ALOHA HDF5 reader (datasets/own_data.py: every file checked,
-    frames resized to image_size [h, w] as they are read; one format, one reader). Returns (episodes, the seed
-    each demo was made from)."""
-    folder = Path(folder)
+def load_configured_demos(cfg, repo_root: Path) -> tuple[list[dict], list[int]]:
+    """The demos an ALOHA run's config names (utils/schema.py's AlohaRun): the first num_demos (-1: every one there)
+    of <demo_dir>/<env_id>/ (relative paths from repo_root), made first when the folder holds fewer (in demo_workers
+    processes, 0: one per CPU core), and read back through the own-data ALOHA HDF5 reader (datasets/own_data.py:
+    every file checked, frames resized to image_size as they are read; one format, one reader). Returns (episodes,
+    the seed each demo was made from)."""
+    task, num_demos = cfg.env_id, cfg.num_demos
+    folder = Path(cfg.demo_dir) / task
+    folder = folder if folder.is_absolute() else repo_root / folder
     have = len(episode_files(folder)) if folder.is_dir() else 0
     if num_demos == -1 and have == 0:
         raise UserInputError(f"num_demos=-1 reads every demo in {folder}, which holds none; set num_demos=<n> to "
                              f"make them")
     if num_demos > have:
         print(f"[demos] {folder} holds {have} of {num_demos} {task} demos: making the rest with the scripted policy")
-        make_scripted_demos(task, num_demos, folder, workers or os.cpu_count() or 1)
-    episodes, _ = load_own_episodes(folder, "aloha_hdf5", ["observations/qpos"], "action", list(cameras), image_size,
-                                    num_demos)
+        make_scripted_demos(task, num_demos, folder, cfg.demo_workers or os.cpu_count() or 1)
+    episodes, _ = load_own_episodes(folder, "aloha_hdf5", ["observations/qpos"], "action", list(cfg.cameras),
+                                    cfg.image_size, num_demos)
     seeds = []
     for path in episode_files(folder)[:len(episodes)]:
         with h5py.File(path, "r") as file:
             made = (file.attrs.get("task"), file.attrs.get("seed"))
-        if made[0] != task:
-            raise UserInputError(f"{path} is a {made[0]} demo, not {task}: point demo_dir at another folder")
+        if made[0] != task:  # another task's demos, or a recording not made here (no task and seed attributes)
+            raise UserInputError(f"{path} is not a scripted {task} demo (task attribute {made[0]!r}): point demo_dir "
+                                 f"at another folder")
         seeds.append(int(made[1]))
     return episodes, seeds

@@ -190,6 +190,11 @@ class AlohaEnv(RobotEnv):
         self.env = (gym.vector.SyncVectorEnv(makers) if num_envs == 1
                     else gym.vector.AsyncVectorEnv(makers, context="forkserver"))
 
+    @classmethod
+    def from_config(cls, cfg, num_envs: int) -> "AlohaEnv":
+        """The adapter an ALOHA run's config describes (utils/schema.py's AlohaRun)."""
+        return cls(cfg.env_id, cfg.cameras, cfg.image_size, num_envs, cfg.max_episode_steps)
+
     def _convert(self, obs: dict) -> dict:
         out = {"state": np.asarray(obs["state"], np.float32)}  # (E, 14)
         if self.cameras:

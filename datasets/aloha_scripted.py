@@ -8,8 +8,9 @@ How a demo is made (the ACT paper's recipe, our own waypoints):
      replayed as joint-position actions in the joint-space task (the one the policy acts in, env/aloha_env.py) from
      the same start; the top camera is rendered here only. An episode is kept when the replay reaches reward 4.
 Recorded per step t (T = 400): observations/qpos[t] the state before the step, observations/images/top[t] the frame
-before the step, action[t] the joint command of step t. Demo seeds start at DEMO_SEED_OFFSET, far from the
-evaluation's seeds (0, 1, ...), so a policy is never evaluated on a scene it was trained on.
+before the step, action[t] the joint command of step t. Demo seeds count up from 0, as the project's other
+simulators' demos do; evaluation starts from the config's eval_seed (1,000,000), far above any seed a demo tried
+(demo_seeds_tried), so a policy is never evaluated on a scene it was trained on.
 
 Frames are stored at the cameras' native 480x640 (the paper's; training resizes them, datasets/own_data.py) as JPEG
 rows (quality JPEG_QUALITY), the compressed layout ALOHA's own recorder writes: about 12 MB per episode instead of
@@ -22,6 +23,7 @@ fingertips: waypoints below say where the fingertips go.
 """
 
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,13 +31,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from datasets.aloha_hdf5 import write_episode
+from datasets.aloha_hdf5 import episode_files, write_episode
+from datasets.own_data import load_own_episodes
 from env.aloha_env import AlohaSim, MAX_EPISODE_STEPS, SUCCESS_REWARD, check_task, object_pose
 from env.errors import UserInputError
 
-DEMO_SEED_OFFSET = 1_000_000  # demo i uses seed DEMO_SEED_OFFSET + i; evaluation seeds count up from 0
 JPEG_QUALITY = 95
 CAMERA = "top"  # the paper's single camera
+
+
+def demo_seeds_tried(num_demos: int) -> int:
+    """Making num_demos demos tries seeds 0, 1, ... and gives up before this one: seeds from here on are never a
+    demo's, so evaluation may start here."""
+    return 3 * num_demos + 10
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,7 +260,7 @@ def _already_written(path: Path, task: str, seed: int) -> bool:
 def make_scripted_demos(task: str, num_demos: int, out_dir, workers: int = 1) -> dict:
     """Write num_demos successful scripted demos as out_dir/episode_<i>.hdf5 (datasets/aloha_hdf5.py's layout).
 
-    Seeds DEMO_SEED_OFFSET, +1, ... are tried in order without the camera (under a second each) until num_demos reach
+    Seeds 0, 1, ... are tried in order without the camera (under a second each) until num_demos reach
     reward 4; those are then replayed again with the top camera (the slow part, about 400 frames) and written, in
     `workers` processes. Files already there are kept (a killed run resumes). Returns made, attempted, seconds."""
     check_task(task)
@@ -261,15 +269,15 @@ def make_scripted_demos(task: str, num_demos: int, out_dir, workers: int = 1) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    seeds, seed = [], DEMO_SEED_OFFSET
+    seeds, seed = [], 0
     while len(seeds) < num_demos:
-        if seed - DEMO_SEED_OFFSET >= 3 * num_demos + 10:
-            raise RuntimeError(f"{task}: only {len(seeds)} of {seed - DEMO_SEED_OFFSET} scripted episodes reached "
+        if seed >= demo_seeds_tried(num_demos):
+            raise RuntimeError(f"{task}: only {len(seeds)} of {seed} scripted episodes reached "
                                f"reward {SUCCESS_REWARD}; {num_demos} needed")
         if scripted_episode(task, seed, record_camera=False)[3] == SUCCESS_REWARD:
             seeds.append(seed)
         seed += 1
-    attempted = seed - DEMO_SEED_OFFSET
+    attempted = seed
     print(f"[aloha demos] {task}: {num_demos} of {attempted} scripted episodes reach reward {SUCCESS_REWARD}; "
           f"rendering and writing them to {out_dir} with {workers} worker(s)")
     jobs = [(task, seed, out_dir / f"episode_{i}.hdf5") for i, seed in enumerate(seeds)
@@ -284,3 +292,40 @@ def make_scripted_demos(task: str, num_demos: int, out_dir, workers: int = 1) ->
     seconds = time.time() - started
     print(f"[aloha demos] wrote {len(jobs)} episode(s) in {seconds:.0f} s ({num_demos} in {out_dir})")
     return {"made": num_demos, "attempted": attempted, "seconds": seconds}
+
+
+def check_demo_cameras(cameras: list[str]):
+    """The scripted demos record the top camera alone; say so before any demo is made or folder written."""
+    others = [name for name in cameras if name != CAMERA]
+    if others:
+        raise UserInputError(f"cameras: the scripted ALOHA demos record only '{CAMERA}', not {', '.join(others)}; "
+                             f"expected cameras: [{CAMERA}] or []")
+
+
+def load_configured_demos(cfg, repo_root: Path) -> tuple[list[dict], list[int]]:
+    """The demos an ALOHA run's config names (utils/schema.py's AlohaRun): the first num_demos (-1: every one there)
+    of <demo_dir>/<env_id>/ (relative paths from repo_root), made first when the folder holds fewer (in demo_workers
+    processes, 0: one per CPU core), and read back through the own-data ALOHA HDF5 reader (datasets/own_data.py:
+    every file checked, frames resized to image_size as they are read; one format, one reader). Returns (episodes,
+    the seed each demo was made from)."""
+    task, num_demos = cfg.env_id, cfg.num_demos
+    folder = Path(cfg.demo_dir) / task
+    folder = folder if folder.is_absolute() else repo_root / folder
+    have = len(episode_files(folder)) if folder.is_dir() else 0
+    if num_demos == -1 and have == 0:
+        raise UserInputError(f"num_demos=-1 reads every demo in {folder}, which holds none; set num_demos=<n> to "
+                             f"make them")
+    if num_demos > have:
+        print(f"[demos] {folder} holds {have} of {num_demos} {task} demos: making the rest with the scripted policy")
+        make_scripted_demos(task, num_demos, folder, cfg.demo_workers or os.cpu_count() or 1)
+    episodes, _ = load_own_episodes(folder, "aloha_hdf5", ["observations/qpos"], "action", list(cfg.cameras),
+                                    cfg.image_size, num_demos)
+    seeds = []
+    for path in episode_files(folder)[:len(episodes)]:
+        with h5py.File(path, "r") as file:
+            made = (file.attrs.get("task"), file.attrs.get("seed"))
+        if made[0] != task:  # another task's demos, or a recording not made here (no task and seed attributes)
+            raise UserInputError(f"{path} is not a scripted {task} demo (task attribute {made[0]!r}): point demo_dir "
+                                 f"at another folder")
+        seeds.append(int(made[1]))
+    return episodes, seeds

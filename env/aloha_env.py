@@ -184,10 +184,16 @@ class AlohaEnv(RobotEnv):
         self.image_size = tuple(image_size) if image_size else None
         self.max_episode_steps = max_episode_steps
         self.action_dim = ACTION_DIM
+        self.stages = STAGES[task]  # the evaluation reports each stage's rate (env/protocol.py)
         makers = [functools.partial(_AlohaWorker, task, self.cameras, self.image_size, i) for i in range(num_envs)]
         # forkserver: workers must not inherit this process's torch/OpenMP threads (nor a GL context)
         self.env = (gym.vector.SyncVectorEnv(makers) if num_envs == 1
                     else gym.vector.AsyncVectorEnv(makers, context="forkserver"))
+
+    @classmethod
+    def from_config(cls, cfg, num_envs: int) -> "AlohaEnv":
+        """The adapter an ALOHA run's config describes (utils/schema.py's AlohaRun)."""
+        return cls(cfg.env_id, cfg.cameras, cfg.image_size, num_envs, cfg.max_episode_steps)
 
     def _convert(self, obs: dict) -> dict:
         out = {"state": np.asarray(obs["state"], np.float32)}  # (E, 14)

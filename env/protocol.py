@@ -22,6 +22,9 @@ import numpy as np
 class RobotEnv(Protocol):
     num_envs: int  # E
     max_episode_steps: int
+    # Optional: when the reward counts a task's stages, {stage name: reward threshold}, in the order they are reached;
+    # the evaluation reports each stage's rate (episodes whose highest reward reaches it). env/aloha_env.py has it.
+    stages: dict[str, float]
 
     def reset(self, seed: int) -> dict:
         """Start E new episodes, environment i seeded with seed + i; returns the first observation."""

@@ -166,7 +166,7 @@ def _check_type(value, annotation, key: str, source: str):
 VALUE_RULES = [
     *[(key, lambda v: v >= 1, "an integer >= 1") for key in (
         "total_iters", "batch_size", "log_frequency", "val_frequency", "eval_frequency", "save_frequency",
-        "num_eval_envs", "frame_stack", "max_episode_steps", "image_size", "control_frequency", "query_frequency",
+        "num_eval_envs", "frame_stack", "max_episode_steps", "control_frequency", "query_frequency",
         "model.chunk_size", "model.d_model", "model.nhead", "model.dim_feedforward", "model.num_encoder_layers",
         "model.num_decoder_layers", "model.latent_dim")],
     *[(key, lambda v: v >= 0, "an integer >= 0") for key in (
@@ -179,6 +179,8 @@ VALUE_RULES = [
     *[(key, lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1") for key in ("num_demos", "data.num_episodes")],
     ("image_crop", lambda v: len(v) == 4 and min(v[:2]) >= 0 and min(v[2:]) >= 1,
      "[top, left, height, width]: integers, top and left >= 0, height and width >= 1 (or null)"),
+    ("image_size", lambda v: v >= 1 if isinstance(v, int) else len(v) == 2 and min(v) >= 32,
+     "an integer >= 1 (square images) or, for ALOHA, [height, width] with integers >= 32"),
     ("data.image_size", lambda v: len(v) == 2 and min(v) >= 32,
      "[height, width] with integers >= 32 (ResNet18 shrinks images 32x) or null"),
     ("model.backbone_stages", lambda v: v in (3, 4), "3 or 4 (ResNet18 up to layer3 or layer4)"),

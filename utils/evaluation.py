@@ -6,7 +6,9 @@ In the simulator the policy acts through utils/deploy.py's DeployedPolicy, the s
 uses (evaluate_controller plays any object with DeployedPolicy's reset/select_action, e.g. another codebase's policy).
 Episodes run in rounds of `env.num_envs` parallel environments for exactly `env.max_episode_steps`
 steps (success does not end an episode), which gives both metrics ManiSkill reports:
-success_once (succeeded at any step) and success_at_end (succeeded at the last step).
+success_once (succeeded at any step) and success_at_end (succeeded at the last step). An adapter whose reward
+counts a task's stages names them (its `stages`, env/protocol.py); each stage's rate is then the fraction of
+episodes whose highest reward reached the stage's threshold (ALOHA: the paper's Table I columns).
 """
 
 import json
@@ -94,9 +96,11 @@ def evaluate_controller(deployed, env, num_episodes: int, seed: int, video_dir=N
         ever_success = np.zeros(env.num_envs, dtype=bool)
         first_success_step = np.full(env.num_envs, env.max_episode_steps)
         episode_return = np.zeros(env.num_envs)
+        max_reward = np.full(env.num_envs, -np.inf)
         for step in range(env.max_episode_steps):
             obs, reward, success = env.step(deployed.select_action(obs))  # actions (E, A)
             episode_return += reward
+            max_reward = np.maximum(max_reward, reward)
             first_success_step[success & ~ever_success] = step + 1
             ever_success |= success
             if record and step < env.max_episode_steps - 1:  # after the last step a vector env shows the next reset
@@ -108,6 +112,9 @@ def evaluate_controller(deployed, env, num_episodes: int, seed: int, video_dir=N
                                  "success_once": bool(ever_success[env_index]),
                                  "success_at_end": bool(success[env_index]),
                                  "return": float(episode_return[env_index]),
+                                 "max_reward": float(max_reward[env_index]),
+                                 **{f"stage/{name}": bool(max_reward[env_index] >= threshold)
+                                    for name, threshold in getattr(env, "stages", {}).items()},
                                  "first_success_step": int(first_success_step[env_index])})
         if record:
             frames = np.stack(frames, axis=1)  # (num_record, T, H, W, 3)
@@ -122,8 +129,9 @@ def evaluate_controller(deployed, env, num_episodes: int, seed: int, video_dir=N
 
 
 def summarize(episodes: list[dict]) -> dict:
-    """Per-episode outcomes -> the rates and means that get logged."""
-    return {
+    """Per-episode outcomes -> the rates and means that get logged (stage/<name>: the rate of each named stage)."""
+    stage_rates = {key: float(np.mean([e[key] for e in episodes])) for key in episodes[0] if key.startswith("stage/")}
+    return {**stage_rates,
         "success_once": float(np.mean([e["success_once"] for e in episodes])),
         "success_at_end": float(np.mean([e["success_at_end"] for e in episodes])),
         "return": float(np.mean([e["return"] for e in episodes])),
@@ -156,7 +164,9 @@ def run_simulator_eval(cfg: SimulatorRun, run: Run, policy: ACTPolicy, env, iter
     for path in result["videos"]:
         run.logger.log_video(path, iteration)
     print(f"[eval @ {iteration}] success_once {summary['success_once']:.1%}  success_at_end "
-          f"{summary['success_at_end']:.1%}  return {summary['return']:.2f}  over {summary['num_episodes']} episodes "
+          f"{summary['success_at_end']:.1%}  return {summary['return']:.2f}  "
+          + "".join(f"{key[6:]} {value:.1%}  " for key, value in summary.items() if key.startswith("stage/"))
+          + f"over {summary['num_episodes']} episodes "
           f"({metrics['eval/seconds']:.0f}s)" + (f"; videos in {run.video_dir}" if result["videos"] else ""))
     return metrics
 

@@ -1,7 +1,7 @@
 """Every config key, with its type and default, written once.
 
 A run's config is one of the classes at the bottom, chosen by `source`, the kind of run: ManiSkillRun,
-BiGymRun (both SimulatorRun: they evaluate in a simulator) or DatasetRun (your own recordings, no simulator).
+BiGymRun, AlohaRun (SimulatorRun: they evaluate in a simulator) or DatasetRun (your own recordings, no simulator).
 They share RunConfig's keys (experiment, data handling, optimisation, logging, deployment, `model:`, `wandb:`).
 The defaults below are the ManiSkill RGB setting; each entry script's default config file
 (configs/ACT_<source>_config.yaml) names its source and holds only what differs, like the user's own files.
@@ -30,7 +30,7 @@ class RunConfig:
     """The keys every run has."""
 
     # --- experiment ---
-    source: str = ""  # the kind of run (maniskill | bigym | dataset): set by each subclass, checked by the loader
+    source: str = ""  # the kind of run (maniskill | bigym | aloha | dataset): set by each subclass, checked on load
     exp_name: str = "act"
     seed: int = 1
     mode: Literal["train", "eval"] = "train"  # eval needs checkpoint=...
@@ -151,6 +151,24 @@ class BiGymRun(SimulatorRun):
 
 
 @dataclass
+class AlohaRun(SimulatorRun):
+    """ACT_for_aloha.py: ALOHA sim, the ACT paper's benchmark (gym-aloha's MuJoCo scenes, env/aloha_env.py), from
+    scripted demos made here (datasets/aloha_scripted.py: seeds 0, 1, ...; evaluation from eval_seed) and read
+    back through the own-data ALOHA HDF5 reader (datasets/aloha_hdf5.py)."""
+
+    source: str = "aloha"
+    env_id: Literal["transfer_cube", "insertion"] = "transfer_cube"  # the task
+    max_episode_steps: int = 400  # 8 s at 50 Hz, the paper's episode length (gym-aloha registers 300)
+    num_demos: int = 50  # the paper's; -1: every demo in the folder
+    cameras: list[str] = field(default_factory=lambda: ["top"])  # the paper's; the scripted demos record top only
+    #   (the scenes also have angle, front_close, left_pillar, right_pillar, left_wrist, right_wrist); []: none
+    image_size: list[int] | None = None  # [height, width] every frame is resized to (area averaging), demos and
+    #   rollouts alike; null: the native 480x640
+    demo_dir: str = "demos/aloha"  # demos in <demo_dir>/<env_id>/episode_<i>.hdf5, made when fewer than num_demos
+    demo_workers: int = 0  # processes rendering demos side by side; 0: one per CPU core
+
+
+@dataclass
 class AlohaHdf5Keys:
     """One episode_<i>.hdf5 per episode (datasets/aloha_hdf5.py); keys are HDF5 paths."""
 
@@ -188,7 +206,7 @@ class DatasetRun(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
 
 
-RUN_CONFIGS = {"maniskill": ManiSkillRun, "bigym": BiGymRun, "dataset": DatasetRun}
+RUN_CONFIGS = {"maniskill": ManiSkillRun, "bigym": BiGymRun, "aloha": AlohaRun, "dataset": DatasetRun}
 
 
 def evaluates_in_simulator(cfg: RunConfig) -> bool:

@@ -15,32 +15,17 @@ the configured cameras) -> chunk dataset -> ACT policy -> training loop (validat
 rate in the simulator, checkpoints, videos) -> final evaluation.
 """
 
-from datasets.bigym_demos import SCRIPTED_DEMO_ROOT, load_bigym_demos
+from datasets.bigym_demos import load_bigym_demos
 from datasets.bigym_solvers import scripted_recipe
 from env.bigym_env import BiGymEnv, check_state_contents, resolve_task
 from models.policy import build_policy
-from utils.config import parse_args, repo_path, run_main
+from utils.config import REPO_ROOT, parse_args, run_main
 from utils.distributed import init_distributed, main_process_first
 from utils.evaluation import evaluate_checkpoint
 from utils.run_setup import prepare_data, start_run
-from utils.schema import BiGymRun
 from utils.training import final_summary, train
 
 DEFAULT_CONFIG = "configs/ACT_bigym_config.yaml"
-
-
-def load_episodes(cfg: BiGymRun):
-    """The task's demos through BiGym's DemoStore (human: downloaded on first use; scripted: made here when
-    missing), re-simulated for this config."""
-    cache_root = cfg.demo_cache_root or (SCRIPTED_DEMO_ROOT if cfg.demo_source == "scripted" else None)
-    return load_bigym_demos(cfg.env_id, cfg.num_demos, cfg.cameras, cfg.image_size, cfg.action_type,
-                            cfg.control_frequency, cfg.fast_rendering,
-                            cache_root=repo_path(cache_root) if cache_root else None,
-                            episode_cache_dir=repo_path(cfg.episode_cache_dir) if cfg.episode_cache_dir else None,
-                            demo_source=cfg.demo_source, floating_dofs=cfg.floating_dofs,
-                            joint_velocities=cfg.joint_velocities, base_action=cfg.base_action,
-                            demo_noise=cfg.demo_noise, elapsed_time=cfg.elapsed_time,
-                            max_episode_steps=cfg.max_episode_steps, proprioception=cfg.proprioception)
 
 
 def main():
@@ -59,7 +44,7 @@ def main():
 
     # 2. Data: demonstrations -> train/validation chunk datasets + normalisation statistics.
     with main_process_first(distributed):  # under torchrun rank 0 makes missing demos and caches first
-        episodes = load_episodes(cfg)
+        episodes = load_bigym_demos(cfg, REPO_ROOT)  # scripted demos are made first when missing
     data = prepare_data(cfg, episodes, cfg.action_type)
 
     # 3. Model: the ACT policy, sized by cfg.model, carrying the statistics.

@@ -312,17 +312,14 @@ def _episode_cache_file(episode_cache_dir, task: str, uuid: str, cameras, image_
     return Path(episode_cache_dir) / task / f"{action_mode}_{control_frequency}hz_{view}" / f"{uuid}.npz"
 
 
-def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: int, action_mode: str,
-                     control_frequency: int, fast_rendering: bool, cache_root=None,
-                     episode_cache_dir=None, demo_source: str = "human",
-                     floating_dofs=DEFAULT_FLOATING_DOFS, joint_velocities: bool = True,
-                     base_action: str = "delta", demo_noise: float = 0.0, elapsed_time: bool = False,
-                     max_episode_steps: int = 0, proprioception: bool = True) -> list[dict]:
-    """num_demos (-1: all) BiGym demos of `task` as episodes (see the module docstring).
+def load_bigym_demos(cfg, repo_root: Path) -> list[dict]:
+    """The demos a BiGym run's config names (utils/schema.py's BiGymRun) as episodes (see the module docstring).
 
-    demo_source: "human" (BiGym's release) or "scripted" (made here first when fewer than num_demos exist).
-    cache_root: DemoStore cache root (None: ~/.bigym for human demos, downloading the release on first use); for
-        scripted demos the folder holding one DemoStore per solver version and noise level (scripted_store_root).
+    cfg.num_demos demos (-1: all) of cfg.env_id from cfg.demo_source: "human" (BiGym's release) or "scripted" (made
+    here first when fewer than num_demos exist), re-simulated with the run's cameras, image size, action type,
+    control frequency and rendering. Relative paths (demo_cache_root, episode_cache_dir) are relative to repo_root.
+    demo_cache_root: the DemoStore cache root (None: ~/.bigym for human demos, downloading the release on first use;
+        SCRIPTED_DEMO_ROOT for scripted ones, the folder holding one DemoStore per solver version and noise level).
     episode_cache_dir: where converted episodes are kept (None: convert every time).
     joint_velocities: keep the joint velocities in the state (env.bigym_env.bigym_state_vector).
     base_action: "delta" (BiGym's) or "absolute" floating-base actions (see replay_demo).
@@ -333,51 +330,53 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
     """
     from demonstrations.demo import Demo
 
-    task_cls = resolve_task(task)
+    task_cls = resolve_task(cfg.env_id)
     task = task_cls.__name__
-    check_base_action(base_action)  # before any demo is made or cached: a typo must not train on delta actions
-    check_state_contents(proprioception, elapsed_time, max_episode_steps)
-    if demo_source == "scripted":
-        if cache_root is None:
-            raise UserInputError(f"demo_source=scripted needs a cache_root for the scripted demos (e.g. {SCRIPTED_DEMO_ROOT})")
-        if num_demos < 1:
-            raise UserInputError(f"demo_source=scripted needs num_demos >= 1 (how many to make), got {num_demos}")
-        if demo_noise > 0 and action_mode != "absolute":
-            raise UserInputError(f"demo_noise={demo_noise} needs action_type=absolute: the labels are the solver's "
-                                 f"planned joint targets, got action_type={action_mode}")
-        make_scripted_demos(task, num_demos, cache_root, floating_dofs=floating_dofs, noise=demo_noise)
-        cache_root = scripted_store_root(cache_root, task, demo_noise)
-    elif demo_source == "human":
-        if demo_noise:
-            raise UserInputError(f"demo_noise={demo_noise} applies to scripted demos only (demo_source=scripted); "
+    check_base_action(cfg.base_action)  # before any demo is made or cached: a typo must not train on delta actions
+    check_state_contents(cfg.proprioception, cfg.elapsed_time, cfg.max_episode_steps)
+    cache_root = cfg.demo_cache_root or (SCRIPTED_DEMO_ROOT if cfg.demo_source == "scripted" else None)
+    cache_root = None if cache_root is None else repo_root / cache_root  # an absolute path stays as it is
+    episode_cache_dir = None if cfg.episode_cache_dir is None else repo_root / cfg.episode_cache_dir
+    if cfg.demo_source == "scripted":
+        if cfg.num_demos < 1:
+            raise UserInputError(f"demo_source=scripted needs num_demos >= 1 (how many to make), got {cfg.num_demos}")
+        if cfg.demo_noise > 0 and cfg.action_type != "absolute":
+            raise UserInputError(f"demo_noise={cfg.demo_noise} needs action_type=absolute: the labels are the "
+                                 f"solver's planned joint targets, got action_type={cfg.action_type}")
+        make_scripted_demos(task, cfg.num_demos, cache_root, floating_dofs=cfg.floating_dofs, noise=cfg.demo_noise)
+        cache_root = scripted_store_root(cache_root, task, cfg.demo_noise)
+    elif cfg.demo_source == "human":
+        if cfg.demo_noise:
+            raise UserInputError(f"demo_noise={cfg.demo_noise} applies to scripted demos only (demo_source=scripted); "
                                  "human demos are recorded as they are")
     else:
-        raise UserInputError(f"demo_source must be 'human' or 'scripted', got '{demo_source}'")
-    store = _open_store(cache_root, download=demo_source == "human")
-    paths = _raw_demo_paths(store, cache_root, task_cls, num_demos, floating_dofs)
+        raise UserInputError(f"demo_source must be 'human' or 'scripted', got '{cfg.demo_source}'")
+    store = _open_store(cache_root, download=cfg.demo_source == "human")
+    paths = _raw_demo_paths(store, cache_root, task_cls, cfg.num_demos, cfg.floating_dofs)
 
     episodes, env, successes = [], None, 0
     for path in tqdm(paths, desc=f"BiGym {task} demos -> episodes"):
         demo = Demo.from_safetensors(path)
         # The plan labels absolute arm targets; delta-mode demos (noise-free, see above) learn BiGym's conversion.
-        plan = _load_plan(path, task, demo_noise) if demo_source == "scripted" else None
+        plan = _load_plan(path, task, cfg.demo_noise) if cfg.demo_source == "scripted" else None
         cache_file = None
         if episode_cache_dir is not None:
-            cache_file = _episode_cache_file(episode_cache_dir, task, demo.uuid, cameras, image_size, action_mode,
-                                             control_frequency, fast_rendering, joint_velocities, base_action)
+            cache_file = _episode_cache_file(episode_cache_dir, task, demo.uuid, cfg.cameras, cfg.image_size,
+                                             cfg.action_type, cfg.control_frequency, cfg.fast_rendering,
+                                             cfg.joint_velocities, cfg.base_action)
             if cache_file.exists():
                 with np.load(cache_file) as data:
                     episodes.append({key: data[key] for key in data.files if key != "success"})
                     successes += int(data["success"])
                 continue
         if env is None:
-            env = make_bigym_env(task, cameras, image_size, action_mode, control_frequency, fast_rendering,
-                                 floating_dofs)
+            env = make_bigym_env(task, cfg.cameras, cfg.image_size, cfg.action_type, cfg.control_frequency,
+                                 cfg.fast_rendering, cfg.floating_dofs)
         planned = None
-        if plan is not None and action_mode == "absolute":
-            planned = planned_labels(plan, control_frequency, len(env.robot.floating_base.all_actuators))
-        episode, success = replay_demo(env, _convert_actions(demo, action_mode, control_frequency, env.robot), cameras,
-                                       joint_velocities, base_action, planned)
+        if plan is not None and cfg.action_type == "absolute":
+            planned = planned_labels(plan, cfg.control_frequency, len(env.robot.floating_base.all_actuators))
+        actions = _convert_actions(demo, cfg.action_type, cfg.control_frequency, env.robot)
+        episode, success = replay_demo(env, actions, cfg.cameras, cfg.joint_velocities, cfg.base_action, planned)
         episodes.append(episode)
         successes += int(success)
         if cache_file is not None:
@@ -388,14 +387,16 @@ def load_bigym_demos(task: str, num_demos: int, cameras: list[str], image_size: 
     if env is not None:
         env.close()
     for episode in episodes:
-        episode["state"] = policy_state(episode["state"], np.arange(len(episode["state"])), max_episode_steps,
-                                        proprioception, elapsed_time)
+        episode["state"] = policy_state(episode["state"], np.arange(len(episode["state"])), cfg.max_episode_steps,
+                                        cfg.proprioception, cfg.elapsed_time)
     # Decimated human demos replayed at a lower rate do not always reproduce success; report it.
-    print(f"[bigym demos] {task} ({demo_source} demos): {len(episodes)} episodes, {successes} end in success after "
-          f"re-simulation at {control_frequency} Hz")
-    if successes < 0.9 * len(episodes) and control_frequency < DEMO_FREQUENCY:
-        higher = next(rate for rate in range(control_frequency + 1, DEMO_FREQUENCY + 1) if DEMO_FREQUENCY % rate == 0)
-        print(f"[bigym demos] WARNING: at {control_frequency} Hz the decimated actions of {len(episodes) - successes} "
-              f"demos no longer solve {task}; the policy imitates them as they are. A higher control_frequency "
+    print(f"[bigym demos] {task} ({cfg.demo_source} demos): {len(episodes)} episodes, {successes} end in success "
+          f"after re-simulation at {cfg.control_frequency} Hz")
+    if successes < 0.9 * len(episodes) and cfg.control_frequency < DEMO_FREQUENCY:
+        higher = next(rate for rate in range(cfg.control_frequency + 1, DEMO_FREQUENCY + 1)
+                      if DEMO_FREQUENCY % rate == 0)
+        print(f"[bigym demos] WARNING: at {cfg.control_frequency} Hz the decimated actions of "
+              f"{len(episodes) - successes} demos no longer solve {task}; the policy imitates them as they are. "
+              f"A higher control_frequency "
               f"(e.g. {higher}) keeps more of the recorded motion.")
     return episodes

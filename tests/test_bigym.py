@@ -5,6 +5,7 @@ Needs BiGym (scripts/install_bigym.sh); skipped without it. About two minutes on
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -25,6 +26,7 @@ from env.errors import UserInputError  # noqa: E402
 from models.act import ACT  # noqa: E402
 from models.policy import ACTPolicy, ChunkedActionExecutor  # noqa: E402
 from utils.config import REPO_ROOT, load_config  # noqa: E402
+from utils.schema import BiGymRun  # noqa: E402
 
 TASK = "ReachTarget"  # the shortest scripted task (about 2 s): keeps rendering cheap
 CAMERAS = ["head", "left_wrist", "right_wrist"]
@@ -34,14 +36,19 @@ NUM_DEMOS = 2  # made from seeds 0 and 1 (no failures expected; the solver is ch
 CHUNK = 8
 
 
+def demo_config(**fields) -> BiGymRun:
+    """A BiGym run's config as load_bigym_demos takes it: absolute actions, no episode cache unless one is named."""
+    return BiGymRun(**{"action_type": "absolute", "episode_cache_dir": None, **fields})
+
+
 @pytest.fixture(scope="module")
 def demo_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bigym")
-    kwargs = dict(task="reach_target", num_demos=NUM_DEMOS, cameras=CAMERAS, image_size=IMAGE_SIZE,
-                  action_mode="absolute", control_frequency=CONTROL_FREQUENCY, fast_rendering=True,
-                  cache_root=root / "cache", episode_cache_dir=root / "episodes", demo_source="scripted")
-    episodes = load_bigym_demos(**kwargs)  # makes the scripted demos first: the cache is empty
-    return root, kwargs, episodes
+    cfg = demo_config(env_id="reach_target", num_demos=NUM_DEMOS, cameras=CAMERAS, image_size=IMAGE_SIZE,
+                      control_frequency=CONTROL_FREQUENCY, fast_rendering=True, demo_cache_root=str(root / "cache"),
+                      episode_cache_dir=str(root / "episodes"), demo_source="scripted")
+    episodes = load_bigym_demos(cfg, REPO_ROOT)  # makes the scripted demos first: the cache is empty
+    return root, cfg, episodes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,7 +174,9 @@ def test_import_recorded_demos(tmp_path):
     recorder.save_demo()
     env.close()
     assert import_recorded_demos(tmp_path / "recorded", tmp_path / "cache") == 1
-    episodes = load_bigym_demos(TASK, 1, [], IMAGE_SIZE, "absolute", 25, True, cache_root=tmp_path / "cache")
+    episodes = load_bigym_demos(demo_config(env_id=TASK, num_demos=1, cameras=[], image_size=IMAGE_SIZE,
+                                            control_frequency=25, fast_rendering=True,
+                                            demo_cache_root=str(tmp_path / "cache")), REPO_ROOT)
     assert len(episodes) == 1 and "images" not in episodes[0]
 
 
@@ -213,9 +222,9 @@ def test_dart_demos_execute_noise_and_label_the_plan(tmp_path):
 def test_dart_episodes_visit_other_states_with_the_same_labels(tmp_path):
     """Re-simulated at 25 Hz: noisy and noise-free demos of a seed give the same labels (absolute targets) in
     different states."""
-    kwargs = dict(task=TASK, num_demos=1, cameras=[], image_size=1, action_mode="absolute", control_frequency=25,
-                  fast_rendering=True, cache_root=tmp_path, demo_source="scripted", base_action="absolute")
-    clean, noisy = (load_bigym_demos(**kwargs, demo_noise=noise)[0] for noise in (0.0, 0.05))
+    cfg = demo_config(env_id=TASK, num_demos=1, cameras=[], image_size=1, control_frequency=25, fast_rendering=True,
+                      demo_cache_root=str(tmp_path), demo_source="scripted", base_action="absolute")
+    clean, noisy = (load_bigym_demos(replace(cfg, demo_noise=noise), REPO_ROOT)[0] for noise in (0.0, 0.05))
     assert clean["actions"].shape == noisy["actions"].shape
     np.testing.assert_allclose(clean["actions"], noisy["actions"], atol=1e-5)
     assert np.abs(clean["state"][5:, :29] - noisy["state"][5:, :29]).max() > 0.03  # joint positions, rad
@@ -237,14 +246,19 @@ def test_scripted_demo_cache_is_keyed_by_solver_version_and_noise(tmp_path, monk
     stale = next((tmp_path / f"{TASK}_solver-v{version}_noise-0").rglob("*.safetensors"))
     (current.parent / stale.name).write_bytes(stale.read_bytes())
     with pytest.raises(UserInputError, match=f"'solver_version': {version}, 'noise': 0.0.*remove it"):
-        load_bigym_demos(TASK, 2, [], 1, "absolute", 25, True, cache_root=tmp_path, demo_source="scripted")
+        load_bigym_demos(demo_config(env_id=TASK, num_demos=2, cameras=[], image_size=1, control_frequency=25,
+                                     fast_rendering=True, demo_cache_root=str(tmp_path), demo_source="scripted"),
+                         REPO_ROOT)
 
 
 def test_demo_noise_needs_scripted_absolute_demos(tmp_path):
     with pytest.raises(UserInputError, match="demo_noise=0.1 needs action_type=absolute"):
-        load_bigym_demos(TASK, 1, [], 1, "delta", 25, True, cache_root=tmp_path, demo_source="scripted", demo_noise=0.1)
+        load_bigym_demos(demo_config(env_id=TASK, num_demos=1, cameras=[], image_size=1, action_type="delta",
+                                     control_frequency=25, fast_rendering=True, demo_cache_root=str(tmp_path),
+                                     demo_source="scripted", demo_noise=0.1), REPO_ROOT)
     with pytest.raises(UserInputError, match="demo_noise=0.1 applies to scripted demos only"):
-        load_bigym_demos(TASK, 1, [], 1, "absolute", 25, True, cache_root=tmp_path, demo_noise=0.1)
+        load_bigym_demos(demo_config(env_id=TASK, num_demos=1, cameras=[], image_size=1, control_frequency=25,
+                                     fast_rendering=True, demo_cache_root=str(tmp_path), demo_noise=0.1), REPO_ROOT)
     assert not any(tmp_path.iterdir())
 
 
@@ -284,8 +298,9 @@ def test_missing_demos_offline_error(tmp_path, monkeypatch):
     # The real DemoStore path runs; only the download itself is made to fail.
     monkeypatch.setattr(demo_store.wget, "download", no_network)
     with pytest.raises(UserInputError, match="To provide demos offline") as error:
-        load_bigym_demos("DishwasherClose", 1, CAMERAS, IMAGE_SIZE, "absolute", CONTROL_FREQUENCY, True,
-                         cache_root=tmp_path)
+        load_bigym_demos(demo_config(env_id="DishwasherClose", num_demos=1, cameras=CAMERAS, image_size=IMAGE_SIZE,
+                                     control_frequency=CONTROL_FREQUENCY, fast_rendering=True,
+                                     demo_cache_root=str(tmp_path)), REPO_ROOT)
     message = str(error.value)
     assert "demonstrations.zip" in message and "demo_source=scripted" in message and "demo_cache_root" in message
 
@@ -294,7 +309,7 @@ def test_missing_demos_offline_error(tmp_path, monkeypatch):
 # Demos -> episodes
 # --------------------------------------------------------------------------------------------------
 def test_episodes_format(demo_setup):
-    root, kwargs, episodes = demo_setup
+    root, cfg, episodes = demo_setup
     assert len(episodes) == NUM_DEMOS
     for ep in episodes:
         steps = len(ep["actions"])
@@ -309,7 +324,7 @@ def test_episodes_format(demo_setup):
         assert (arm_targets.max(axis=0) - arm_targets.min(axis=0)).max() > 0.2
 
     # A second load reads the converted-episode cache and gives the same arrays.
-    again = load_bigym_demos(**kwargs)
+    again = load_bigym_demos(cfg, REPO_ROOT)
     for a, b in zip(episodes, again):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
@@ -317,8 +332,8 @@ def test_episodes_format(demo_setup):
 
 def test_delta_actions_state_only(demo_setup):
     """Delta mode: arm deltas accumulate to the absolute targets; no cameras -> no "images" key."""
-    _, kwargs, absolute = demo_setup
-    delta = load_bigym_demos(**{**kwargs, "action_mode": "delta", "cameras": []})
+    _, cfg, absolute = demo_setup
+    delta = load_bigym_demos(replace(cfg, action_type="delta", cameras=[]), REPO_ROOT)
     for abs_ep, delta_ep in zip(absolute, delta):
         assert "images" not in delta_ep and delta_ep["state"].shape == abs_ep["state"].shape
         # Converted at 500 Hz from zero, then summed per 10-step window: the running sum is the absolute target
@@ -329,8 +344,8 @@ def test_delta_actions_state_only(demo_setup):
 
 def test_state_without_joint_velocities(demo_setup):
     """joint_velocities=False: demos and environment both leave out the 29 joint velocities and nothing else."""
-    _, kwargs, full = demo_setup
-    positions_only = load_bigym_demos(**{**kwargs, "cameras": [], "joint_velocities": False})
+    _, cfg, full = demo_setup
+    positions_only = load_bigym_demos(replace(cfg, cameras=[], joint_velocities=False), REPO_ROOT)
     keep = np.r_[0:29, 58:66]  # joint positions | grippers, floating base, its accumulated actions
     for full_ep, ep in zip(full, positions_only):
         assert ep["state"].shape == (len(full_ep["state"]), 37)
@@ -349,11 +364,11 @@ def test_state_without_joint_velocities(demo_setup):
 def test_elapsed_time_and_proprioception_switches_shape_the_state_alike(demo_setup):
     """elapsed_time appends step / max_episode_steps, proprioception=false keeps that alone: in the demos and in the
     environment, whose step counter restarts at every reset."""
-    _, kwargs, full = demo_setup
+    _, cfg, full = demo_setup
     horizon = 40
-    with_time = load_bigym_demos(**{**kwargs, "elapsed_time": True, "max_episode_steps": horizon})
-    time_only = load_bigym_demos(**{**kwargs, "elapsed_time": True, "max_episode_steps": horizon,
-                                    "proprioception": False})
+    with_time = load_bigym_demos(replace(cfg, elapsed_time=True, max_episode_steps=horizon), REPO_ROOT)
+    time_only = load_bigym_demos(replace(cfg, elapsed_time=True, max_episode_steps=horizon, proprioception=False),
+                                 REPO_ROOT)
     for full_ep, ep, alone in zip(full, with_time, time_only):
         clock = np.arange(len(full_ep["state"]), dtype=np.float32)[:, None] / horizon
         np.testing.assert_array_equal(ep["state"], np.concatenate([full_ep["state"], clock], axis=1))
@@ -386,10 +401,10 @@ def test_empty_state_stops_the_entry_script_before_it_writes_anything(tmp_path):
 def test_absolute_base_actions_replay_the_demo(demo_setup):
     """base_action=absolute: the demo's base entries become target poses (their running sum of deltas from the
     start), and playing them through BiGymEnv(base_action="absolute") re-simulates the same episode."""
-    _, kwargs, _ = demo_setup
-    kwargs = {**kwargs, "cameras": []}
-    deltas = load_bigym_demos(**kwargs)
-    targets = load_bigym_demos(**kwargs, base_action="absolute")
+    _, cfg, _ = demo_setup
+    cfg = replace(cfg, cameras=[])
+    deltas = load_bigym_demos(cfg, REPO_ROOT)
+    targets = load_bigym_demos(replace(cfg, base_action="absolute"), REPO_ROOT)
     env = BiGymEnv(TASK, num_envs=1, cameras=[], image_size=1, control_frequency=CONTROL_FREQUENCY,
                    perturbed_starts=True, base_action="absolute")
     starts = {seed: env.reset(seed=seed)["state"][0] for seed in range(NUM_DEMOS)}
@@ -410,8 +425,9 @@ def test_absolute_base_actions_replay_the_demo(demo_setup):
 def test_unknown_base_action_is_refused(tmp_path):
     """A typo in base_action stops the run before any demo is made, rather than training on delta actions."""
     with pytest.raises(UserInputError, match=r"base_action must be one of \('delta', 'absolute'\), got 'abs'"):
-        load_bigym_demos(TASK, 1, [], IMAGE_SIZE, "absolute", 25, True, cache_root=tmp_path, demo_source="scripted",
-                         base_action="abs")
+        load_bigym_demos(demo_config(env_id=TASK, num_demos=1, cameras=[], image_size=IMAGE_SIZE, control_frequency=25,
+                                     fast_rendering=True, demo_cache_root=str(tmp_path), demo_source="scripted",
+                                     base_action="abs"), REPO_ROOT)
     assert not any(tmp_path.iterdir())
     with pytest.raises(UserInputError, match="base_action must be one of"):
         BiGymEnv(TASK, num_envs=1, cameras=[], image_size=1, base_action="abs")

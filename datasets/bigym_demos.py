@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from datasets.bigym_solvers import SCRIPTED_TASKS, ScriptedMotion
+from datasets.bigym_solvers import SCRIPTED_TASKS, ScriptedMotion, scripted_task
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, absolute_base_action, apply_start, base_deltas,
                            bigym_camera_images, bigym_state_vector, check_base_action, check_state_contents,
                            make_bigym_env, policy_state, read_observation, reset_perturbed, resolve_task, solved)
@@ -185,10 +185,8 @@ def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int =
     from demonstrations.demo_recorder import DemoRecorder
     from demonstrations.demo_store import DemoStore
 
+    task = scripted_task(task)
     task_cls = resolve_task(task)
-    task = task_cls.__name__
-    if task not in SCRIPTED_TASKS:
-        raise UserInputError(f"no scripted solver for BiGym task '{task}'; solvers exist for {sorted(SCRIPTED_TASKS)}")
     store_root = scripted_store_root(cache_root, task, noise)
     store = DemoStore(store_root)
     done = _recorded_seeds(store, task_cls, floating_dofs)

@@ -500,9 +500,19 @@ SCRIPTED_TASKS = {  # BiGym task class name -> ScriptedTask
 }
 
 
+def scripted_task(task: str) -> str:
+    """The class name of a BiGym task we have a scripted solver for (snake_case names accepted); else one line."""
+    task = resolve_task(task).__name__
+    if task not in SCRIPTED_TASKS:
+        raise UserInputError(f"no scripted solver for BiGym task '{task}'; solvers exist for {sorted(SCRIPTED_TASKS)}")
+    return task
+
+
 def scripted_recipe(cfg) -> tuple[str, dict]:
-    """utils.config's task_defaults hook: with demo_source=scripted, the recipe of cfg.env_id's solver."""
-    task = resolve_task(cfg.env_id).__name__  # also accepts snake_case names
-    if cfg.demo_source != "scripted" or task not in SCRIPTED_TASKS:
+    """utils.config's task_defaults hook: with demo_source=scripted, the recipe of cfg.env_id's solver. A task without
+    a solver stops here, while the config is read, before the run's folders are made."""
+    if cfg.demo_source != "scripted":
+        resolve_task(cfg.env_id)  # a wrong task name stops here too
         return "", {}
+    task = scripted_task(cfg.env_id)
     return f"{task} scripted-demo recipe (SCRIPTED_TASKS in datasets/bigym_solvers.py)", SCRIPTED_TASKS[task].recipe

@@ -386,15 +386,19 @@ def test_elapsed_time_and_proprioception_switches_shape_the_state_alike(demo_set
         BiGymEnv(TASK, num_envs=1, cameras=[], image_size=1, proprioception=False)
 
 
-def test_empty_state_stops_the_entry_script_before_it_writes_anything(tmp_path):
+@pytest.mark.parametrize("overrides, message", [
+    (["env_id=DishwasherClose", "proprioception=false", "elapsed_time=false"],
+     "error: proprioception=false and elapsed_time=false leave the policy's state empty: set one of them to true"),
+    (["env_id=MovePlate"],
+     "error: no scripted solver for BiGym task 'MovePlate'; solvers exist for "
+     "['DishwasherClose', 'DrawerTopOpen', 'ReachTarget']"),
+])
+def test_a_run_that_cannot_start_stops_the_entry_script_before_it_writes_anything(tmp_path, overrides, message):
     result = subprocess.run([sys.executable, "ACT_for_bigym.py", "--config", "configs/ACT_bigym_cpu_config.yaml",
-                             "env_id=DishwasherClose", "proprioception=false", "elapsed_time=false",
-                             f"ckpt_dir={tmp_path / 'ckpts'}", f"video_dir={tmp_path / 'videos'}"],
+                             *overrides, f"ckpt_dir={tmp_path / 'ckpts'}", f"video_dir={tmp_path / 'videos'}"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last == ("error: proprioception=false and elapsed_time=false leave the policy's state empty: "
-                    "set one of them to true")
+    assert result.stderr.strip().splitlines()[-1] == message
     assert not list(tmp_path.iterdir())  # no run folder, no video folder
 
 

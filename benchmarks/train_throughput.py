@@ -13,8 +13,9 @@ shown as its own ablation row). Differences that remain, all small and said out 
     normalises state/actions and converts uint8 images to ImageNet-normalised floats inside the step.
   * LeRobot needs an image or an "environment state" input; for the state-only setting it gets the state
     as both robot state and environment state, i.e. one more encoder token than ours (3 vs 2).
-  * No gradient clipping on either side. On CUDA both run under bf16 autocast; on CPU both run in fp32
-    (the --bf16 ablation row aside).
+  * No gradient clipping on either side. On CUDA both run under bf16 autocast. On CPU "ours" runs as our
+    training does by default (precision=auto: bf16 autocast where the CPU has AMX / AVX512-BF16, else fp32) and
+    LeRobot as a user runs it (fp32); "ours-fp32" is the like-for-like row, both in fp32.
 
 Rows: "ours" runs as our training scripts do on CPU, with glibc's malloc reusing freed memory
 (utils/allocator.py); "lerobot" runs as LeRobot's do, with the default allocator; "lerobot+reuse" is LeRobot
@@ -65,7 +66,8 @@ STATE_DIM, ACTION_DIM = 16, 16
 #   channels_last  conv weights, hence feature maps, in NHWC: the layout oneDNN/cuDNN convolutions prefer
 #   cpu_fast_paths models/fast_cpu.py's layers swapped in (ACTPolicy's default); False: the plain layers only
 #   compile        torch.compile of the policy (--compile)
-#   bf16           bf16 autocast on CPU too (--bf16; always on for CUDA). Lower precision, unlike the rest
+#   bf16           bf16 autocast on CPU: unless set, as training's precision=auto picks it (on where the CPU has
+#                  bf16 matrix units; always on for CUDA). "ours-fp32" turns it off: the like-for-like row
 #   models_from    import `models` from the --before folder instead of the repository: the code before a
 #                  change, timed in the same interleaved run
 #   reuse_memory   glibc malloc keeps freed memory (utils.allocator.reuse_freed_memory), as our training scripts
@@ -73,6 +75,7 @@ STATE_DIM, ACTION_DIM = 16, 16
 #                  so ours / lerobot+reuse compares the model code alone.
 OUR_VARIANTS = {
     "ours": dict(frozen_bn=True, adamw="fused"),
+    "ours-fp32": dict(frozen_bn=True, adamw="fused", bf16=False),
     "ours-reuse": dict(frozen_bn=True, adamw="fused", reuse_memory=False),
     "ours-before": dict(frozen_bn=True, adamw="default", models_from=True),
     "ours-plain": dict(frozen_bn=True, adamw="default"),
@@ -80,7 +83,6 @@ OUR_VARIANTS = {
     "ours+cl": dict(frozen_bn=True, adamw="fused", channels_last=True),
     "ours-bn": dict(frozen_bn=False, adamw="fused"),
     "ours+compile": dict(frozen_bn=True, adamw="fused", compile=True),
-    "ours+bf16": dict(frozen_bn=True, adamw="fused", bf16=True),
 }
 IMAGE_ONLY_VARIANTS = ("ours+cl", "ours-bn")  # without cameras they are "ours"
 
@@ -110,6 +112,8 @@ def make_adamw(params, kind: str, lr: float):
 
 
 def build_ours(args, variant: dict, num_cameras: int, raw: dict, device):
+    from utils.cpu_features import cpu_bf16_units  # before --before's folder goes first on the path
+
     if variant.get("models_from"):
         sys.path.insert(0, args.before)
     from models.act import ACT
@@ -129,7 +133,7 @@ def build_ours(args, variant: dict, num_cameras: int, raw: dict, device):
         policy = policy.to(memory_format=torch.channels_last)
     optimizer = make_adamw([p for p in policy.parameters() if p.requires_grad], variant["adamw"], args.lr)
     forward = torch.compile(policy) if variant.get("compile") else policy
-    bf16 = device.type == "cuda" or variant.get("bf16", False)
+    bf16 = device.type == "cuda" or variant.get("bf16", bool(cpu_bf16_units()))
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -342,7 +346,6 @@ def main():
     parser.add_argument("--ablation", action="store_true",
                         help="also time the variants of ours (what each optimisation buys)")
     parser.add_argument("--compile", action="store_true", help="include torch.compile in the ablation")
-    parser.add_argument("--bf16", action="store_true", help="include bf16 autocast on CPU in the ablation")
     parser.add_argument("--before", metavar="DIR",
                         help="ablation row 'ours-before': a folder holding an older models/ package to compare")
     # Default: as many threads as torch would use for training here. On a machine shared with other jobs use
@@ -385,10 +388,10 @@ def main():
     results = {}
     for setting in args.settings:
         batch_size = args.state_batch if SETTINGS[setting][0] == 0 else args.image_batch
-        impls = ["ours", "lerobot", "lerobot+reuse"]
+        impls = ["ours", "ours-fp32", "lerobot", "lerobot+reuse"]
         if args.ablation:
-            wanted = {"ours-before": args.before, "ours+compile": args.compile, "ours+bf16": args.bf16}
-            impls += [v for v in OUR_VARIANTS if v != "ours" and wanted.get(v, True)
+            wanted = {"ours-before": args.before, "ours+compile": args.compile}
+            impls += [v for v in OUR_VARIANTS if v not in impls and wanted.get(v, True)
                       and (SETTINGS[setting][0] > 0 or v not in IMAGE_ONLY_VARIANTS)]
         results[setting] = compare(impls, setting, batch_size, args)
         peer = results[setting]["lerobot"]
@@ -397,8 +400,9 @@ def main():
             print(f"{setting:8} {batch_size:5d}  {impl:13} {r['rate']:9.1f} {spread:>13} "
                   f"{r['rate'] / peer['rate']:9.2f}x {r['cpu_rate']:9.1f} {r['cpu_rate'] / peer['cpu_rate']:9.2f}x "
                   f"{r['memory'] / 2**20:8.0f}", flush=True)
-        same_allocator = results[setting]["ours"]["rate"] / results[setting]["lerobot+reuse"]["rate"]
-        print(f"{setting:8} {batch_size:5d}  model code alone (ours / lerobot+reuse): {same_allocator:.2f}x")
+        same_allocator = results[setting]["ours-fp32"]["rate"] / results[setting]["lerobot+reuse"]["rate"]
+        print(f"{setting:8} {batch_size:5d}  model code alone, both fp32 (ours-fp32 / lerobot+reuse): "
+              f"{same_allocator:.2f}x")
 
     if "cam1_128" in results:
         batches_per_s = sampler_rate(args)

@@ -10,7 +10,8 @@ from models.act import act_loss
 from models.policy import build_policy
 from utils.config import load_config
 from utils.evaluation import validate
-from utils.optimization import cpu_bf16_units, kl_weight_at, make_autocast
+from utils.cpu_features import cpu_bf16_units
+from utils.optimization import kl_weight_at, make_autocast
 
 
 def test_validation_l1_is_the_deployed_policy_not_the_reconstruction(pickcube_state_demos):

@@ -5,12 +5,12 @@ mixed precision)."""
 import contextlib
 import copy
 import math
-from pathlib import Path
 
 import torch
 
 from env.errors import UserInputError
 from models.policy import ACTPolicy
+from utils.cpu_features import cpu_bf16_units
 from utils.schema import RunConfig
 
 
@@ -69,16 +69,6 @@ def kl_weight_at(cfg: RunConfig, iteration: int) -> float:
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-def cpu_bf16_units() -> list[str]:
-    """The bf16 matrix units this CPU announces (Linux /proc/cpuinfo flags); empty elsewhere or without them."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    found = set(flags.split(":", 1)[1].split())
-    return [unit for flag, unit in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in found]
 
 
 def make_autocast(cfg: RunConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, str]:

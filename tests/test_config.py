@@ -131,6 +131,8 @@ def test_old_names_in_a_config_file_load_and_say_what_to_rename(tmp_path, capsys
     log = capsys.readouterr().out
     assert f"{old}: key 'action_mode' is now called 'action_type'" in log
     assert f"{old}: key 'amp' is now called 'precision' (amp=True is precision=bf16)" in log
+    with pytest.raises(ConfigError, match=r"key 'precision' expects one of 'auto', 'bf16', 'fp32', got list \[1\]"):
+        load_config("configs/ACT_maniskill_config.yaml", None, ["amp=[1]"])
     with pytest.raises(ConfigError, match="It is a key of maniskill, bigym, aloha runs; this is a dataset run"):
         load_config("configs/ACT_dataset_config.yaml", None, ["env_id=PickCube-v1"])
 

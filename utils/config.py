@@ -232,7 +232,9 @@ class Layers:
     def set(self, dotted_key: str, value, source: str):
         """tree[dotted_key] = value, checked against the schema."""
         if dotted_key in RENAMED:
-            new_value = RENAMED_VALUES.get(dotted_key, {}).get(value, value)
+            # Compared, not looked up: a list or a section (unhashable) passes through to the type check below.
+            translate = RENAMED_VALUES.get(dotted_key, {}).items()
+            new_value = next((new for old, new in translate if old == value and type(old) is type(value)), value)
             print(f"[config] {source}: key '{dotted_key}' is now called '{RENAMED[dotted_key]}'"
                   + (f" ({dotted_key}={value} is {RENAMED[dotted_key]}={new_value})" if new_value != value else ""))
             dotted_key, value = RENAMED[dotted_key], new_value

@@ -93,6 +93,13 @@ def scan(folder: Path, state_keys: list[str], action_key: str, num_episodes: int
     return episodes
 
 
+def read_frame(file: h5py.File, path: Path, camera: str, step: int) -> np.ndarray:
+    """One step of one camera, (H, W, 3) uint8: a raw frame as stored, a JPEG row decoded (datasets/frame_store.py
+    reads a batch's frames this way; read_frames below reads whole episodes in blocks, to the same pixels)."""
+    images = file[IMAGES_GROUP][camera]
+    return _decode_jpeg(images[step], path, camera, step) if images.ndim == 2 else images[step]
+
+
 def read_frames(folder: Path, episodes: list[dict], cameras: list[str]):
     """Second pass: yields (episode index, camera index, first step, frames (n, H, W, 3) uint8), BLOCK steps at
     a time, so that only a block is ever held at the recorded resolution."""

@@ -1,8 +1,9 @@
-"""Demonstrations -> the offline chunk dataset (all episodes in memory) -> batches of (observation, action chunk, is_pad).
+"""Demonstrations -> the offline chunk dataset -> batches of (observation, action chunk, is_pad).
 
-Every demo source (ManiSkill HDF5, BiGym DemoStore) is first turned into a list of episodes
+Every demo source (ManiSkill HDF5, BiGym DemoStore, your own recordings) is first turned into a list of episodes
     {"state": (T, S) float32, "actions": (T, A) float32, optional "images": (T, N, C, H, W) uint8}
-and from there on everything is shared. Sample index t of an episode of length T gives
+and from there on everything is shared. States and actions are held in RAM; the frames too, unless an episode's
+"images" is a RecordedFrames, which says where to read them per batch (datasets/frame_store.py). Sample index t of an episode of length T gives
     state   (F, S)        observations t-F+1..t (F = frame_stack; clamped at the episode start)
     images  (F, N, C, H, W) uint8, same frames (kept uint8 until the model casts them)
     actions (K, A)        actions t..t+K-1; past the episode end they are padded:
@@ -12,6 +13,8 @@ and from there on everything is shared. Sample index t of an episode of length T
 
 import numpy as np
 import torch
+
+from datasets.frame_store import frames_of
 
 ACTION_TYPES = ("absolute", "delta")
 
@@ -55,21 +58,6 @@ def compute_stats(episodes: list[dict], action_normalization: str = "mean_std", 
     }
 
 
-def _gather_images(episodes: list[dict]) -> torch.Tensor:
-    """All episodes' images in one (N, cams, C, H, W) uint8 tensor, held once: each episode's array is copied in
-    and its dict then points at its slice of the buffer, so the episode's own array is freed (when nothing else
-    holds it) before the next one is copied. np.concatenate would hold every image twice at its peak."""
-    total = sum(len(ep["images"]) for ep in episodes)
-    images = torch.empty((total, *episodes[0]["images"].shape[1:]), dtype=torch.uint8)
-    start = 0
-    for ep in episodes:
-        end = start + len(ep["images"])
-        images[start:end] = torch.from_numpy(ep["images"])
-        ep["images"] = images[start:end].numpy()
-        start = end
-    return images
-
-
 class ChunkDataset(torch.utils.data.Dataset):
     """The replay buffer. Indexed by an array of sample indices (a whole batch at once, vectorised)."""
 
@@ -85,7 +73,7 @@ class ChunkDataset(torch.utils.data.Dataset):
                 raise ValueError(f"episode {i}: state/images/actions lengths differ")
         self.states = torch.from_numpy(np.concatenate([ep["state"] for ep in episodes])).float()  # (N, S)
         self.actions = torch.from_numpy(np.concatenate([ep["actions"] for ep in episodes])).float()  # (N, A)
-        self.images = _gather_images(episodes) if "images" in episodes[0] else None  # (N, cams, C, H, W) uint8
+        self.frames = frames_of(episodes)  # frames[(B, F) steps] -> (B, F, cams, C, H, W) uint8; None: no cameras
         # For every flat step: where its episode starts and its last step (both flat indices).
         ends = np.cumsum(lengths)
         starts = ends - lengths
@@ -108,8 +96,8 @@ class ChunkDataset(torch.utils.data.Dataset):
         if self.action_type == "delta":
             actions = actions.masked_fill(is_pad[..., None], 0.0)
         batch = {"state": self.states[frame_idx], "actions": actions, "is_pad": is_pad}  # state: (B, F, S)
-        if self.images is not None:
-            batch["images"] = self.images[frame_idx]  # (B, F, N, C, H, W) uint8
+        if self.frames is not None:
+            batch["images"] = self.frames[frame_idx]  # (B, F, N, C, H, W) uint8
         return batch
 
 

@@ -6,12 +6,16 @@ Two layouts are read, chosen by what the folder holds (or forced with the config
 
 Reading happens in two passes. The first reads every episode's state and actions (small) and what cameras it
 has and at what size, and checks them all: a mistake in episode 49 stops the run before any image is decoded,
-with one line naming the file, the key (and the step) and what was expected. The second decodes the images
-and resizes every frame to the training size as it is read, so RAM holds
-    frames x cameras x 3 x height x width  bytes
-(50 episodes x 400 steps x 4 cameras at 120x160: 4.3 GiB), never the recording's full resolution.
+with one line naming the file, the key (and the step) and what was expected. Then the frames take one of two
+paths (data.frames; the log's "[data] frames:" line says which and why):
+    ram   the second pass decodes the images and resizes every frame to the training size as it is read, so RAM
+          holds frames x cameras x 3 x height x width bytes (50 episodes x 400 steps x 4 cameras at 120x160:
+          4.3 GiB), never the recording's full resolution
+    disk  (ALOHA HDF5 only) nothing is decoded now: each episode gets a RecordedFrames (datasets/frame_store.py)
+          and training reads, decodes and resizes a batch's frames from the files when it draws the batch
+    auto  ram when the frames take at most half the available memory, else disk
 The result is the replay buffer's episode format (datasets/chunk_dataset.py):
-    {"state": (T, S) float32, "actions": (T, A) float32, optional "images": (T, N, 3, H, W) uint8}
+    {"state": (T, S) float32, "actions": (T, A) float32, optional "images": (T, N, 3, H, W) uint8 or RecordedFrames}
 """
 
 from pathlib import Path
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets import aloha_hdf5, lerobot_v3
+from datasets.frame_store import RecordedFrames
 from env.errors import UserInputError, did_you_mean
 from env.images import resize_frames
 
@@ -94,20 +99,38 @@ def _available_memory() -> int | None:
     return None
 
 
-def _check_memory(num_frames: int, num_cameras: int, height: int, width: int, folder: Path):
+def choose_frames(requested: str, data_format: str, num_frames: int, num_cameras: int, height: int, width: int,
+                  folder: Path) -> str:
+    """Where the frames live while training: "ram" (decoded once and held) or "disk" (read from the files per
+    batch). auto: RAM when they take at most half the available memory (the training step and the system need the
+    rest), else disk; a LeRobot dataset's mp4 videos are only read into RAM (a random frame of an mp4 is decoded
+    from its last keyframe on)."""
+    if requested == "disk" and data_format != "aloha_hdf5":
+        raise UserInputError(f"data.frames=disk: {folder} is a LeRobot dataset, whose mp4 videos are only read into "
+                             f"RAM (a random mp4 frame is decoded from its last keyframe on); expected data.frames="
+                             f"auto or ram, or the ALOHA HDF5 layout (datasets/aloha_hdf5.py's write_episode)")
     needed = num_frames * num_cameras * 3 * height * width
-    print(f"[data] images: {num_frames} frames x {num_cameras} camera(s) at {height}x{width} = "
-          f"{needed / 2**30:.2f} GiB in RAM")
     available = _available_memory()
+    what = f"{num_frames} frames x {num_cameras} camera(s) at {height}x{width} = {needed / 2**30:.2f} GiB"
+    free = f"{available / 2**30:.1f} GiB available" if available is not None else "available memory unknown"
+    fits = available is None or needed <= available / 2
+    if requested == "disk" or (requested == "auto" and not fits and data_format == "aloha_hdf5"):
+        why = "as asked" if requested == "disk" else f"more than half of the {free}"
+        print(f"[data] frames: read from the files per batch, none held in RAM ({what}: {why}; data.frames="
+              f"{requested})")
+        return "disk"
+    print(f"[data] frames: in RAM, {what} ({free}; data.frames={requested})")
     if available is not None and needed > 0.8 * available:
+        on_the_fly = " or set data.frames=disk (read per batch, none held)" if data_format == "aloha_hdf5" else ""
         raise UserInputError(f"{folder}: the images at {height}x{width} need {needed / 2**30:.1f} GiB of RAM, "
-                             f"{available / 2**30:.1f} GiB is available; lower data.image_size (e.g. "
-                             f"[{height // 2}, {width // 2}]) or data.num_episodes, or list fewer cameras")
+                             f"{free}; lower data.image_size (e.g. [{height // 2}, {width // 2}]) or "
+                             f"data.num_episodes, list fewer cameras{on_the_fly}")
+    return "ram"
 
 
 def load_own_episodes(folder, data_format: str, state_keys: list[str], action_key: str, cameras: list[str] | None,
                       image_size, num_episodes: int = -1, shift_real_actions: bool = True,
-                      only: int | None = None) -> tuple[list[dict], list[str]]:
+                      only: int | None = None, frames: str = "ram") -> tuple[list[dict], list[str]]:
     """Read and check a dataset folder of a known format (detect_format). Returns (episodes, the cameras read,
     in order).
 
@@ -115,6 +138,7 @@ def load_own_episodes(folder, data_format: str, state_keys: list[str], action_ke
     image_size [h, w] (None: keep the recorded size). num_episodes -1: all, else the first ones.
     shift_real_actions: ALOHA files with attribute sim=False pair step t with action t-1 (aloha_hdf5.py).
     only: read the images of this one episode (all are checked) and return it alone (scripts/plot_dataset.py).
+    frames: auto | ram | disk, where the frames live while training (choose_frames).
     """
     folder = Path(folder)
     if data_format == "aloha_hdf5":
@@ -138,14 +162,20 @@ def load_own_episodes(folder, data_format: str, state_keys: list[str], action_ke
     if cameras:
         native_shape = episodes[0]["camera_shapes"][cameras[0]]
         height, width = image_size if image_size is not None else native_shape[:2]
-        _check_memory(num_frames, len(cameras), height, width, folder)
-        for episode in episodes:
-            episode["images"] = np.empty((len(episode["actions"]), len(cameras), 3, height, width), np.uint8)
-        # Frames arrive in blocks (a few steps of one camera of one episode) and are resized on arrival
-        # (env/images.py: the same resize utils/deploy.py applies to live camera frames).
-        for index, camera, first_step, frames in reader.read_frames(folder, episodes, cameras):
-            resized = resize_frames(frames, (height, width))  # (n, h, w, 3)
-            episodes[index]["images"][first_step:first_step + len(frames), camera] = resized.transpose(0, 3, 1, 2)
+        if choose_frames(frames, data_format, num_frames, len(cameras), height, width, folder) == "disk":
+            for episode in episodes:  # where its frames are; training reads them per batch (datasets/frame_store.py)
+                path = Path(episode["source"])
+                stat = path.stat()
+                episode["images"] = RecordedFrames(path, cameras, len(episode["actions"]), (height, width),
+                                                   (stat.st_size, stat.st_mtime_ns))
+        else:
+            for episode in episodes:
+                episode["images"] = np.empty((len(episode["actions"]), len(cameras), 3, height, width), np.uint8)
+            # Frames arrive in blocks (a few steps of one camera of one episode) and are resized on arrival
+            # (env/images.py: the same resize utils/deploy.py applies to live camera frames).
+            for index, camera, first_step, block in reader.read_frames(folder, episodes, cameras):
+                resized = resize_frames(block, (height, width))  # (n, h, w, 3)
+                episodes[index]["images"][first_step:first_step + len(block), camera] = resized.transpose(0, 3, 1, 2)
     return [{key: episode[key] for key in ("state", "actions", "images") if key in episode}
             for episode in episodes], cameras
 
@@ -156,5 +186,6 @@ def read_dataset(data, folder: Path, only: int | None = None) -> tuple[list[dict
     data_format = detect_format(folder, data.format)
     keys = getattr(data, data_format)
     episodes, cameras = load_own_episodes(folder, data_format, keys.state, keys.action, keys.cameras, data.image_size,
-                                          data.num_episodes, data.aloha_hdf5.shift_real_actions, only)
+                                          data.num_episodes, data.aloha_hdf5.shift_real_actions, only,
+                                          "ram" if only is not None else data.frames)  # one episode to look at
     return episodes, cameras, data_format

@@ -3,8 +3,10 @@ the entry script end to end (train, best.pt by validation L1, exact resume), and
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -16,7 +18,9 @@ import torch
 from lerobot_dataset_writer import STATE_DIM, frame
 
 from datasets.aloha_hdf5 import write_episode
-from datasets.own_data import detect_format, load_own_episodes
+from datasets.chunk_dataset import ChunkDataset, make_train_loader, split_episodes
+from datasets.frame_store import FramesOnTheFly
+from datasets.own_data import choose_frames, detect_format, load_own_episodes
 from env.errors import UserInputError
 from env.images import resize_frames
 from utils.config import REPO_ROOT
@@ -189,6 +193,82 @@ def test_bad_input_stops_the_script_with_one_line_and_writes_nothing(tmp_path, c
     result = run_script(f"data.path={folder}", f"ckpt_dir={tmp_path / 'ckpts'}", *TINY, *overrides, expect=2)
     assert expected in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "ckpts").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Frames read from the files per batch (data.frames=disk) instead of held in RAM
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("jpeg_quality", [90, None])
+def test_frames_read_per_batch_equal_the_frames_held_in_ram(tmp_path, jpeg_quality):
+    """Every sample, stacked frames clamped at episode starts and chunks padded at episode ends included, and a
+    batch drawn by a DataLoader worker (which opens its own files), for JPEG rows and raw frames."""
+    folder = write_aloha(tmp_path / "data", 3, jpeg_quality)
+    keys = (["observations/qpos"], "action", None, [30, 36])  # 60x80 averaged down by a non-integer factor
+    in_ram, on_the_fly = (ChunkDataset(load_own_episodes(folder, "aloha_hdf5", *keys, frames=frames)[0], 6,
+                                       "absolute", frame_stack=3) for frames in ("ram", "disk"))
+    assert isinstance(on_the_fly.frames, FramesOnTheFly)
+    every_sample = np.arange(len(in_ram))  # 24 + 25 + 26 steps
+    expected, read = in_ram[every_sample], on_the_fly[every_sample]
+    assert read["images"].shape == (75, 3, 2, 3, 30, 36)
+    for name in expected:
+        assert torch.equal(expected[name], read[name]), name
+    drawn = next(iter(make_train_loader(on_the_fly, 16, seed=3, num_workers=1)))
+    assert torch.equal(drawn["images"], next(iter(make_train_loader(in_ram, 16, seed=3, num_workers=0)))["images"])
+
+
+def test_training_with_frames_read_per_batch_ends_as_with_frames_in_ram(aloha_run, tmp_path):
+    """The same run as aloha_run (frames in RAM, data.frames=auto on 4 small episodes), its frames decoded per batch
+    in a DataLoader worker: the same batches, so the same weights, bit for bit."""
+    log = run_script(*aloha_run["common"], f"ckpt_dir={tmp_path}", "data.frames=disk", "num_workers=1").stdout
+    assert "[data] frames: read from the files per batch" in log and "[data] frames: in RAM" in aloha_run["log"]
+    (run_dir,) = tmp_path.iterdir()
+    losses = [json.loads(line)["train/loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if "train/loss" in line]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    in_ram = torch.load(aloha_run["run_dir"] / "last.pt", weights_only=False)["policy"]
+    on_the_fly = torch.load(run_dir / "last.pt", weights_only=False)["policy"]
+    for name, tensor in in_ram.items():
+        assert torch.equal(tensor, on_the_fly[name]), name
+
+
+def test_a_file_removed_mid_run_stops_it_with_one_line_naming_the_file(tmp_path):
+    """Removed once the run has scanned it (its folder exists). 40 episodes, 36 of them for training: more than a
+    worker keeps open, so the file is opened again after its removal even if it was open by then, and the error is
+    raised in the DataLoader worker."""
+    folder = write_aloha(tmp_path / "data", 40, jpeg_quality=None)
+    removed = folder / f"episode_{split_episodes(40, 0.1, seed=1)[0][0]}.hdf5"
+    run = subprocess.Popen([sys.executable, "ACT_for_dataset.py", f"data.path={folder}", f"ckpt_dir={tmp_path / 'ckpts'}",
+                            *TINY, "val_fraction=0.1", "data.frames=disk", "num_workers=1", "total_iters=2000",
+                            "val_frequency=2000", "save_frequency=2000"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    while run.poll() is None and not any((tmp_path / "ckpts").glob("*")):
+        time.sleep(0.1)
+    removed.unlink()
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 2 and "Traceback" not in stderr, stderr  # above the error: the progress bar
+    assert stderr.splitlines()[-1].startswith(f"error: {removed}: removed while training reads its frames")
+
+
+def test_a_changed_file_is_named_when_its_frames_are_read(tmp_path):
+    folder = write_aloha(tmp_path / "data", 2)
+    episodes, _ = load_own_episodes(folder, "aloha_hdf5", ["observations/qpos"], "action", None, [30, 40],
+                                    frames="disk")
+    dataset = ChunkDataset(episodes, 6, "absolute")
+    os.utime(folder / "episode_1.hdf5", ns=(0, 0))  # as if re-recorded: another modification time
+    assert dataset[[0, 5]]["images"].shape == (2, 1, 2, 3, 30, 40)  # episode 0 is as it was
+    with pytest.raises(UserInputError, match=f"^{re.escape(str(folder))}/episode_1.hdf5: changed since the run scanned"):
+        dataset[[30]]
+
+
+def test_frames_go_to_ram_when_they_fit_and_are_read_per_batch_when_they_do_not(tmp_path):
+    small, huge = 100, 10**9  # frames of 4 cameras at 120x160: 23 MB, 230 TB
+    assert choose_frames("auto", "aloha_hdf5", small, 4, 120, 160, tmp_path) == "ram"
+    assert choose_frames("auto", "aloha_hdf5", huge, 4, 120, 160, tmp_path) == "disk"
+    assert choose_frames("disk", "aloha_hdf5", small, 4, 120, 160, tmp_path) == "disk"
+    with pytest.raises(UserInputError, match="or set data.frames=disk"):
+        choose_frames("ram", "aloha_hdf5", huge, 4, 120, 160, tmp_path)
+    with pytest.raises(UserInputError, match="data.frames=disk: .* is a LeRobot dataset, whose mp4 videos are only"):
+        choose_frames("disk", "lerobot", small, 4, 120, 160, tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -443,7 +443,12 @@ def run_main(main):
     try:
         main()
     except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if message.startswith("Caught UserInputError in DataLoader worker"):
+            # Raised in a DataLoader worker (a recording's file gone mid-run, datasets/frame_store.py): torch
+            # re-raises it here with the worker's traceback in the message, whose last line is the one we raised.
+            message = message.rstrip().splitlines()[-1].split("UserInputError: ", 1)[-1]
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):

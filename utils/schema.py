@@ -194,6 +194,9 @@ class DataConfig:
     image_size: list[int] | None = field(default_factory=lambda: [120, 160])  # [height, width] every frame is
     #   resized to when read, null: as recorded. RAM: steps x cameras x 3 x height x width bytes
     num_episodes: int = -1  # -1: every episode, else the first ones
+    frames: Literal["auto", "ram", "disk"] = "auto"  # where the frames live while training: ram (decoded once and
+    #   held), disk (ALOHA HDF5 only: read, decoded and resized per batch, in the DataLoader workers when
+    #   num_workers > 0), auto: ram when they take at most half the available memory (datasets/own_data.py)
     aloha_hdf5: AlohaHdf5Keys = field(default_factory=AlohaHdf5Keys)
     lerobot: LeRobotKeys = field(default_factory=LeRobotKeys)
 

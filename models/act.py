@@ -297,7 +297,7 @@ class ACT(nn.Module):
     ):
         super().__init__()
         self.chunk_size, self.latent_dim, self.use_cvae = chunk_size, latent_dim, use_cvae
-        self.num_cameras = num_cameras
+        self.num_cameras, self.image_channels = num_cameras, image_channels
 
         # Style (CVAE) encoder: [CLS, proprio, a_1..a_K] -> (mu, logvar) of the style variable z.
         if use_cvae:

@@ -131,6 +131,7 @@ def prepare_data(cfg: RunConfig, episodes: list[dict], action_type: str, cameras
         "action_dim": first["actions"].shape[1],
         "num_cameras": first["images"].shape[1] if "images" in first else 0,
         "image_channels": first["images"].shape[2] if "images" in first else 3,
+        "image_size": list(first["images"].shape[3:]) if "images" in first else None,  # [h, w] trained on
         "cameras": cameras,
     }
     print(f"[data] {len(train_ids)} training / {len(val_ids)} validation episodes, "

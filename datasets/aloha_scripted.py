@@ -306,8 +306,8 @@ def load_configured_demos(cfg, repo_root: Path) -> tuple[list[dict], list[int]]:
     """The demos an ALOHA run's config names (utils/schema.py's AlohaRun): the first num_demos (-1: every one there)
     of <demo_dir>/<env_id>/ (relative paths from repo_root), made first when the folder holds fewer (in demo_workers
     processes, 0: one per CPU core), and read back through the own-data ALOHA HDF5 reader (datasets/own_data.py:
-    every file checked, frames resized to image_size as they are read; one format, one reader). Returns (episodes,
-    the seed each demo was made from)."""
+    every file checked, frames resized to image_size, held in RAM or read per batch as cfg.frames says; one format,
+    one reader). Returns (episodes, the seed each demo was made from)."""
     task, num_demos = cfg.env_id, cfg.num_demos
     folder = Path(cfg.demo_dir) / task
     folder = folder if folder.is_absolute() else repo_root / folder
@@ -319,7 +319,7 @@ def load_configured_demos(cfg, repo_root: Path) -> tuple[list[dict], list[int]]:
         print(f"[demos] {folder} holds {have} of {num_demos} {task} demos: making the rest with the scripted policy")
         make_scripted_demos(task, num_demos, folder, cfg.demo_workers or os.cpu_count() or 1)
     episodes, _ = load_own_episodes(folder, "aloha_hdf5", ["observations/qpos"], "action", list(cfg.cameras),
-                                    cfg.image_size, num_demos)
+                                    cfg.image_size, num_demos, frames=cfg.frames)
     seeds = []
     for path in episode_files(folder)[:len(episodes)]:
         with h5py.File(path, "r") as file:

@@ -4,18 +4,24 @@ About a minute on one core: one demo is rendered (400 top-camera frames, about 8
 the physics without cameras or renders a few small frames.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("gym_aloha", reason="gym-aloha is not installed: pip install -r requirements.txt")
 
 from datasets import aloha_hdf5  # noqa: E402
-from datasets.aloha_scripted import make_scripted_demos, scripted_episode, start_mocap_poses  # noqa: E402
+from datasets.aloha_scripted import (load_configured_demos, make_scripted_demos, scripted_episode,  # noqa: E402
+                                     start_mocap_poses)
+from datasets.chunk_dataset import ChunkDataset  # noqa: E402
+from datasets.frame_store import FramesOnTheFly  # noqa: E402
 from env.aloha_env import (ACTION_DIM, CAMERA_HEIGHT, CAMERA_WIDTH, MAX_EPISODE_STEPS, STATE_DIM, AlohaEnv,  # noqa: E402
                            AlohaSim, object_pose)
 from env.errors import UserInputError  # noqa: E402
+from utils.schema import AlohaRun  # noqa: E402
 
 SEEDS = [0, 1, 2]  # the first demo seeds
 
@@ -92,14 +98,22 @@ def test_demo_actions_solve_the_task_in_the_adapter():
 
 
 def test_demo_file_reads_back_with_the_replayed_commands(tmp_path: Path):
-    report = make_scripted_demos("transfer_cube", num_demos=1, out_dir=tmp_path, workers=1)
+    folder = tmp_path / "transfer_cube"
+    report = make_scripted_demos("transfer_cube", num_demos=1, out_dir=folder, workers=1)
     assert report["made"] == 1 and report["attempted"] >= 1
-    episodes = aloha_hdf5.scan(tmp_path, ["observations/qpos"], "action")
+    # The run's reader: frames held in RAM or read per batch (frames=disk), the same pixels either way.
+    config = AlohaRun(demo_dir=str(tmp_path), num_demos=1, image_size=[120, 160])
+    in_ram, on_the_fly = (ChunkDataset(load_configured_demos(replace(config, frames=frames), tmp_path)[0], 10,
+                                       "absolute") for frames in ("ram", "disk"))
+    assert isinstance(on_the_fly.frames, FramesOnTheFly)
+    steps = np.arange(0, MAX_EPISODE_STEPS, 7)
+    assert torch.equal(in_ram[steps]["images"], on_the_fly[steps]["images"])
+    episodes = aloha_hdf5.scan(folder, ["observations/qpos"], "action")
     assert len(episodes) == 1 and episodes[0]["camera_shapes"] == {"top": (CAMERA_HEIGHT, CAMERA_WIDTH, 3)}
     states, actions, _, _ = scripted_episode("transfer_cube", SEEDS[0], record_camera=False)
     np.testing.assert_array_equal(episodes[0]["actions"], actions)  # the joint commands that were replayed
     np.testing.assert_array_equal(episodes[0]["state"], states)
-    frames = np.concatenate([block for _, _, _, block in aloha_hdf5.read_frames(tmp_path, episodes, ["top"])])
+    frames = np.concatenate([block for _, _, _, block in aloha_hdf5.read_frames(folder, episodes, ["top"])])
     assert frames.shape == (MAX_EPISODE_STEPS, CAMERA_HEIGHT, CAMERA_WIDTH, 3)
     # the first frame is what the adapter shows a policy at that seed (JPEG at quality 95: close, not equal)
     env = AlohaEnv("transfer_cube", cameras=["top"], num_envs=1)

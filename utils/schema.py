@@ -165,6 +165,8 @@ class AlohaRun(SimulatorRun):
     image_size: list[int] | None = None  # [height, width] every frame is resized to (area averaging), demos and
     #   rollouts alike; null: the native 480x640
     demo_dir: str = "demos/aloha"  # demos in <demo_dir>/<env_id>/episode_<i>.hdf5, made when fewer than num_demos
+    frames: Literal["auto", "ram", "disk"] = "auto"  # where the demos' frames live while training, as the dataset
+    #   runs' data.frames: 50 demos at 480x640 take 18.4 GB in RAM, so auto reads them per batch on a smaller machine
     demo_workers: int = 0  # processes rendering demos side by side; 0: one per CPU core
 
 

@@ -1,8 +1,10 @@
-"""The one exception type for user mistakes (a config value, a file, a name out of range).
+"""The exception types that end a run with one line instead of a traceback.
 
-Entry scripts print its message as one line and exit with status 2, without a traceback; any other
-exception is a bug and keeps its traceback. It lives here, at the bottom of the import graph
-(entry scripts -> utils -> datasets -> env, models), so that every layer can raise it.
+UserInputError: a user mistake (a config value, a file, a name out of range); entry scripts print it and exit
+with status 2. RunStopped: a run that cannot or should not go on (a stop signal, a diverged loss), printed with
+what to do next and ending with its own exit status. Any other exception is a bug and keeps its traceback.
+They live here, at the bottom of the import graph (entry scripts -> utils -> datasets -> env, models), so that
+every layer can raise them.
 """
 
 import difflib
@@ -10,6 +12,15 @@ import difflib
 
 class UserInputError(ValueError):
     pass
+
+
+class RunStopped(Exception):
+    """exit_code: 128 + the signal's number after a stop signal (130 SIGINT, 143 SIGTERM, the shell's convention),
+    1 for a run that failed (training diverged)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def did_you_mean(name: str, choices, cutoff: float = 0.6) -> str:

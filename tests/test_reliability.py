@@ -1,9 +1,13 @@
 """What the README's "Reliability" section promises, each on real files, real processes and real disks:
-checkpoints never run code, bad checkpoints / cameras / folders are one line before any work, a full disk loses
-nothing, old checkpoints are pruned, and runs never share a folder."""
+checkpoints never run code, bad checkpoints / cameras / folders / batch sizes are one line before any work, a full
+disk loses nothing, old checkpoints are pruned, runs never share a folder, and Ctrl-C, SIGTERM or a kill during an
+evaluation lose nothing and resume exactly."""
 
 import contextlib
+import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -187,3 +191,138 @@ def test_a_disk_too_small_for_one_save_stops_before_training(pickcube_state_demo
         result = tiny_training(pickcube_state_demos, disk, "total_iters=40", "save_frequency=10")
         assert_one_line_error(result, "MiB free; one save writes two checkpoints of about", "(iter_*.pt and last.pt)")
         assert "train:" not in result.stderr  # no training step was taken
+
+
+# --------------------------------------------------------------------------------------------------
+# Stopping on purpose (Ctrl-C, SIGTERM), kills during an evaluation, runs that cannot start
+# --------------------------------------------------------------------------------------------------
+# One thread per training process: two OpenMP threads waiting for a busy core ran a step 20x slower here, and the
+# runs compared bit for bit must use the same thread count anyway.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def stoppable_run(demos, ckpt_dir, *overrides):
+    """tiny_training's run with simulator evaluations at 20, 40 and 60 and saves at 20, 40, 60; logs every 15
+    iterations, so that a stop between two logs leaves losses summed but not yet logged."""
+    return [sys.executable, "ACT_for_Maniskill.py", "--config", "configs/ACT_maniskill_state_config.yaml",
+            "wandb.mode=disabled", f"demo_path={demos}", "num_demos=4", "val_fraction=0.25", f"ckpt_dir={ckpt_dir}",
+            "batch_size=16", "warmup_iters=5", "model.d_model=32", "model.dim_feedforward=64", "model.chunk_size=8",
+            "max_episode_steps=25", "num_eval_envs=1", "num_eval_episodes=1", "capture_video=false",
+            "total_iters=60", "save_frequency=20", "val_frequency=20", "eval_frequency=20", "log_frequency=15",
+            "exp_name=stop", *overrides]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pickcube_state_demos, tmp_path_factory):
+    ckpt_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = subprocess.run(stoppable_run(pickcube_state_demos, ckpt_dir), cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=600, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = ckpt_dir.iterdir()
+    return run_dir
+
+
+def start_stoppable_run(demos, tmp_path):
+    """The run started in the background, stderr to a file; returns the process, its ckpt_dir and stderr's path."""
+    stderr = tmp_path / "stderr.txt"
+    process = subprocess.Popen(stoppable_run(demos, tmp_path / "ckpts"), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=open(stderr, "w"), env=ONE_THREAD)
+    return process, tmp_path / "ckpts", stderr
+
+
+def wait_for_file(pattern: str, folder, process):
+    deadline = time.time() + 600
+    while not list(folder.glob(pattern)):
+        assert process.poll() is None and time.time() < deadline, f"no {pattern} in {folder}"
+        time.sleep(0.02)
+    return next(folder.glob(pattern))
+
+
+def last_line(stderr_path) -> str:
+    text = stderr_path.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    return text.strip().splitlines()[-1]
+
+
+def assert_same_training(alone_dir, resumed_dir):
+    """Weights, optimizer moments and every logged figure (wall-clock times aside) equal bit for bit."""
+    alone, resumed = (torch.load(d / "last.pt", weights_only=True) for d in (alone_dir, resumed_dir))
+    assert alone["iteration"] == resumed["iteration"] == 60 and not resumed["evaluation_pending"]
+    for name, tensor in alone["policy"].items():
+        assert torch.equal(tensor, resumed["policy"][name]), name
+    for state_a, state_b in zip(alone["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert all(torch.equal(state_a[key], state_b[key]) for key in state_a)
+    rows_alone, rows_resumed = ([{k: v for k, v in json.loads(line).items() if "seconds" not in k and k[-2:] != "_s"}
+                                 for line in (d / "metrics.jsonl").read_text().splitlines()]
+                                for d in (alone_dir, resumed_dir))
+    assert rows_alone == rows_resumed
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_ends_the_run_after_its_step_with_last_pt_saved_and_resume_matches(
+        pickcube_state_demos, uninterrupted, tmp_path, stop_signal):
+    """Ctrl-C or SIGTERM while training (after the first save, between two logs): the step finishes, last.pt holds
+    it, the run ends with one line and 128 + the signal's number; the command that line gives continues the run to
+    the same weights, optimizer state and logged losses as the run left alone."""
+    process, ckpt_dir, stderr = start_stoppable_run(pickcube_state_demos, tmp_path)
+    run_dir = wait_for_file("*/training_curves.png", ckpt_dir, process).parent  # drawn after the save at 20
+    process.send_signal(stop_signal)
+    assert process.wait(timeout=600) == 128 + stop_signal
+    stopped_at = torch.load(run_dir / "last.pt", weights_only=True)["iteration"]
+    assert 20 <= stopped_at < 40
+    line = last_line(stderr)
+    assert line == (f"stopped: {stop_signal.name} during iteration {stopped_at} of 60: stopped after it; the last good "
+                    f"checkpoint is {run_dir / 'last.pt'} (iteration {stopped_at}); continue with: python "
+                    f"ACT_for_Maniskill.py resume={run_dir / 'last.pt'}")
+    command = line.split("continue with: ")[1].split()
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=600, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(uninterrupted, run_dir)
+
+
+def test_a_second_signal_stops_at_once_and_the_last_save_stays_good(pickcube_state_demos, tmp_path):
+    """Two stop signals in one step (delivered together while the process is paused, so they reach it in the same
+    step): no further save; last.pt is the save of iteration 20, whole and resumable."""
+    process, ckpt_dir, stderr = start_stoppable_run(pickcube_state_demos, tmp_path)
+    run_dir = wait_for_file("*/training_curves.png", ckpt_dir, process).parent
+    process.send_signal(signal.SIGSTOP)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGCONT)
+    assert process.wait(timeout=600) == 128 + signal.SIGTERM
+    assert "[stop] SIGINT: stopping after this step" in stderr.read_text()
+    assert last_line(stderr).startswith(f"stopped: SIGTERM again: stopped at once, without the step in progress; the "
+                                        f"last good checkpoint is {run_dir / 'last.pt'} (iteration 20); continue with")
+    saved = load_checkpoint(run_dir / "last.pt", for_resume=True)
+    assert saved["iteration"] == 20 and not saved["evaluation_pending"]
+
+
+def test_a_run_stopped_during_an_evaluation_resumes_by_running_it_and_matches(pickcube_state_demos, uninterrupted,
+                                                                              tmp_path):
+    """last.pt is saved before every simulator evaluation, marked pending: SIGTERM during the evaluation at 20
+    stops at once without losing its 20 iterations, and the resumed run evaluates iteration 20 first (the same
+    episodes as the run left alone) and ends bit-identical to it."""
+    process, ckpt_dir, stderr = start_stoppable_run(pickcube_state_demos, tmp_path)
+    run_dir = wait_for_file("*/last.pt", ckpt_dir, process).parent  # the first last.pt: before the evaluation at 20
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=600) == 128 + signal.SIGTERM
+    assert "during the simulator evaluation: stopped at once" in last_line(stderr) or \
+        "before the simulator evaluation" in last_line(stderr)
+    assert "(iteration 20, its simulator evaluation still to run: resume runs it first)" in last_line(stderr)
+    assert not (run_dir / "episodes_iter0000020.json").exists()
+    resumed = subprocess.run(stoppable_run(pickcube_state_demos, ckpt_dir, f"resume={run_dir / 'last.pt'}"),
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at iteration 20, whose simulator evaluation was cut short: running it first" in resumed.stdout
+    assert resumed.stdout.index("[eval @ 20]") < resumed.stdout.index("[val @ 40]")
+    assert_same_training(uninterrupted, run_dir)
+    assert ((run_dir / "episodes_iter0000020.json").read_text()
+            == (uninterrupted / "episodes_iter0000020.json").read_text())
+
+
+def test_a_batch_that_cannot_fit_in_memory_stops_before_any_step(pickcube_state_demos, tmp_path):
+    """batch_size=100000000 used to run until the kernel's OOM killer ended it (23 GB): now one line first."""
+    result = tiny_training(pickcube_state_demos, tmp_path, "total_iters=10", "batch_size=100000000")
+    assert_one_line_error(result, "batch_size=100000000 needs at least", "GiB for one training step", "cannot fit")
+    assert "train:" not in result.stderr  # no step was taken

@@ -1,4 +1,9 @@
-"""The shared training pieces on real demos: what validation measures, how a checkpoint rebuilds its model."""
+"""The shared training pieces on real demos: what validation measures, how a checkpoint rebuilds its model, what a
+short run says and draws."""
+
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,9 +13,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from ddp_gradient_worker import small_policy_and_data
 from models.act import act_loss
 from models.policy import build_policy
-from utils.config import load_config
+from utils.config import REPO_ROOT, load_config
 from utils.evaluation import validate
 from utils.cpu_features import cpu_bf16_units
+from utils.logger import draw_curves
 from utils.optimization import kl_weight_at, make_autocast
 
 
@@ -76,3 +82,35 @@ def test_precision_decides_what_the_forward_pass_computes_in(precision):
     assert all(value.dtype == torch.float32 for value in losses.values())
     if precision == "auto" and bf16:
         assert any(unit in said for unit in cpu_bf16_units())  # the log names why
+
+
+def test_a_short_run_says_its_warm_up_never_ends_names_its_held_out_episodes_and_draws_one_point_curves(
+        pickcube_state_demos, tmp_path):
+    """40 iterations under warmup_iters=500, one log and one validation: the warm-up is said at the start, the
+    held-out episodes are named in the log and in run_info.json, and every series' single point shows in the
+    curves (a line through one point draws nothing)."""
+    result = subprocess.run([sys.executable, "ACT_for_Maniskill.py", "--config",
+                             "configs/ACT_maniskill_state_config.yaml", "wandb.mode=disabled",
+                             f"demo_path={pickcube_state_demos}", "num_demos=4", "val_fraction=0.25",
+                             f"ckpt_dir={tmp_path}", "batch_size=16", "model.d_model=32", "model.dim_feedforward=64",
+                             "model.chunk_size=8", "num_eval_episodes=0", "total_iters=40", "warmup_iters=500",
+                             "log_frequency=50", "val_frequency=50", "save_frequency=50"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("[schedule] warning: warmup_iters=500 >= total_iters=40: the learning rate only rises, to 8% of "
+            "lr=0.001, and never decays") in result.stdout
+    (run_dir,) = tmp_path.iterdir()
+    held_out = torch.load(run_dir / "last.pt", weights_only=True)["split"]["val"]
+    assert len(held_out) == 1 and f"(held out: episodes {held_out[0]})" in result.stdout
+    assert json.loads((run_dir / "run_info.json").read_text())["validation_episodes"] == held_out
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    figure = draw_curves(rows)
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(int)  # (height, width, 3), row 0 at the top
+    drawn = [line for axis in figure.axes for line in axis.get_lines()]
+    assert len(drawn) == 6  # train/l1, val/l1, val/l1_posterior, train/kl, val/kl, train/lr: one point each
+    for line in drawn:
+        (x,), (y,) = line.get_data()
+        column, row = line.axes.transData.transform((x, y))
+        assert pixels[pixels.shape[0] - round(row), round(column)].sum() < 600, f"{line.get_label()} is not drawn"

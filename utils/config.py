@@ -20,6 +20,7 @@ Why hand-written, not OmegaConf or draccus: both check types, but neither sugges
 import argparse
 import dataclasses
 import errno
+import os
 import sys
 import types
 import typing
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from env.errors import UserInputError, did_you_mean
+from env.errors import RunStopped, UserInputError, did_you_mean
 from models.config import ARCHITECTURE_KEYS
 from utils.checkpoint import load_checkpoint
 from utils.schema import RUN_CONFIGS, RunConfig
@@ -439,7 +440,8 @@ def parse_args(default_config: str, description: str, task_defaults=None) -> tup
 
 def run_main(main):
     """Run an entry script's main(): a user mistake (UserInputError, e.g. a bad key, value or file) or a full or
-    read-only disk ends with one line and exit status 2; anything else is a bug and keeps its traceback."""
+    read-only disk ends with one line and exit status 2; a stopped run (RunStopped: a stop signal, a diverged loss)
+    with one line and its own exit status; anything else is a bug and keeps its traceback."""
     try:
         main()
     except UserInputError as exc:
@@ -450,6 +452,10 @@ def run_main(main):
             message = message.rstrip().splitlines()[-1].split("UserInputError: ", 1)[-1]
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except RunStopped as exc:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 speaks for them
+            print(f"stopped: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise

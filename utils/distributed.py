@@ -41,6 +41,9 @@ class Distributed:
         return self.rank == 0
 
 
+_cpu_group = None  # the process group of max_over_ranks: gloo on the CPU, beside NCCL's on GPUs
+
+
 def init_distributed() -> Distributed:
     """Join torchrun's process group when started by torchrun with more than one process; else a no-op.
     Ranks other than 0 print nothing from here on (rank 0 reports for all; errors still reach stderr)."""
@@ -52,17 +55,32 @@ def init_distributed() -> Distributed:
         sys.stdout = open(os.devnull, "w")
     # Generous timeout: the other ranks wait at a barrier while rank 0 makes the demos (can take an hour).
     timeout = datetime.timedelta(hours=2)
+    global _cpu_group
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl", timeout=timeout)
+        _cpu_group = dist.new_group(backend="gloo")  # not yet run beside NCCL: no 2-GPU machine here
     else:
         dist.init_process_group("gloo", timeout=timeout)
+        _cpu_group = dist.group.WORLD
     return Distributed(rank, world_size, local_rank)
 
 
 def shutdown_distributed():
+    global _cpu_group
     if dist.is_initialized():
         dist.destroy_process_group()
+    _cpu_group = None
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's integer, on every rank (value itself on a single process). It travels over a
+    CPU (gloo) group, so that calling it every step never waits for the GPU's queue to drain."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value])
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_cpu_group)
+    return int(tensor)
 
 
 def all_sum(values: list[float], device) -> list[float]:

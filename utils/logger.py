@@ -59,33 +59,42 @@ class RunLogger:
 
     def plot_curves(self):
         """training_curves.png: loss terms, validation loss and simulator success against iterations."""
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = self.read_metrics()
-        panels = [("L1 loss", ["train/l1", "val/l1", "val/l1_posterior"]), ("KL", ["train/kl", "val/kl"]),
-                  ("learning rate", ["train/lr"]), ("success rate", ["eval/success_once", "eval/success_at_end"])]
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
-        for axis, (title, keys) in zip(axes, panels):
-            for key in keys:
-                points = [(r["iteration"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
-                if points:
-                    axis.plot(*zip(*points), marker="o" if key.startswith("eval") else None, markersize=3, label=key)
-            axis.set_title(title)
-            axis.set_xlabel("iteration")
-            if title.endswith("loss") or title == "KL":
-                axis.set_yscale("log")
-            if any(key in r for r in rows for key in keys):
-                axis.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(self.run_dir / "training_curves.png", dpi=100)
-        plt.close(fig)
+        figure = draw_curves(self.read_metrics())
+        figure.savefig(self.run_dir / "training_curves.png", dpi=100)
+        plt.close(figure)
 
     def finish(self):
         if self.wandb:
             self.wandb.finish()
+
+
+def draw_curves(rows: list[dict]):
+    """The figure of training_curves.png from metrics rows: one panel per group of series. A series of one point
+    (a short run, a single evaluation) is drawn as a marker, since a line through one point is invisible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("L1 loss", ["train/l1", "val/l1", "val/l1_posterior"]), ("KL", ["train/kl", "val/kl"]),
+              ("learning rate", ["train/lr"]), ("success rate", ["eval/success_once", "eval/success_at_end"])]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    for axis, (title, keys) in zip(axes, panels):
+        for key in keys:
+            points = [(r["iteration"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
+            if points:
+                marked = key.startswith("eval") or len(points) == 1
+                axis.plot(*zip(*points), marker="o" if marked else None, markersize=3, label=key)
+        axis.set_title(title)
+        axis.set_xlabel("iteration")
+        if title.endswith("loss") or title == "KL":
+            axis.set_yscale("log")
+        if any(key in r for r in rows for key in keys):
+            axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
 
 
 class NullLogger:

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from env.errors import UserInputError
+from env.errors import RunStopped, UserInputError
 from models.policy import ACTPolicy
 from utils.cpu_features import cpu_bf16_units
 from utils.schema import RunConfig
@@ -67,8 +67,8 @@ def kl_weight_at(cfg: RunConfig, iteration: int) -> float:
     return cfg.model.kl_weight * iteration / cfg.kl_warmup_iters
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+class TrainingDiverged(RunStopped):
+    """Non-finite losses or weights: the run ends in one line naming the iteration and the last good checkpoint."""
 
 
 def make_autocast(cfg: RunConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, str]:

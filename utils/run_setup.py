@@ -49,6 +49,11 @@ class Run:
     started: float  # time.time() at start-up: eval rows log the wall time since then as time/elapsed_s
     distributed: Distributed  # rank and world size under torchrun; rank 0 of 1 otherwise
 
+    def record_info(self, **facts):
+        """Add facts to run_info.json (rank 0 only writes it)."""
+        path = self.ckpt_dir / "run_info.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **facts}))
+
     def finish(self):
         self.logger.finish()
         shutdown_distributed()
@@ -134,8 +139,9 @@ def prepare_data(cfg: RunConfig, episodes: list[dict], action_type: str, cameras
         "image_size": list(first["images"].shape[3:]) if "images" in first else None,  # [h, w] trained on
         "cameras": cameras,
     }
-    print(f"[data] {len(train_ids)} training / {len(val_ids)} validation episodes, "
-          f"{sum(len(e['actions']) for e in train_eps)} training samples, action type '{action_type}'")
+    print(f"[data] {len(train_ids)} training / {len(val_ids)} validation episodes"
+          + (f" (held out: episodes {', '.join(map(str, val_ids))})" if val_ids else "")
+          + f", {sum(len(e['actions']) for e in train_eps)} training samples, action type '{action_type}'")
     train_set = ChunkDataset(train_eps, cfg.model.chunk_size, action_type, cfg.frame_stack)
     val_set = (ChunkDataset([episodes[i] for i in val_ids], cfg.model.chunk_size, action_type, cfg.frame_stack)
                if val_ids else None)

@@ -110,13 +110,14 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_run, t
     good checkpoint, not save NaN weights."""
     run_dir = tiny_run["run_dir"]
     good = (run_dir / "last.pt").read_bytes()
+    good_iteration = torch.load(run_dir / "last.pt", weights_only=True)["iteration"]  # 40 after the resume test
     result = subprocess.run([sys.executable, "ACT_for_Maniskill.py", *tiny_run["common"],
                              f"resume={run_dir / 'last.pt'}", "lr=1e30", "total_iters=80", "num_eval_episodes=0"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     line = result.stderr.strip().splitlines()[-1]
     assert re.match(r"stopped: non-finite (training loss|weights) at iteration \d+", line), line
-    assert (f"the last good checkpoint is {run_dir / 'last.pt'} (iteration 30); continue with: python "
+    assert (f"the last good checkpoint is {run_dir / 'last.pt'} (iteration {good_iteration}); continue with: python "
             f"ACT_for_Maniskill.py resume={run_dir / 'last.pt'} lr=<lower> or grad_clip=<lower>") in line
     assert (run_dir / "last.pt").read_bytes() == good
 

@@ -127,3 +127,14 @@ def frames_of(episodes: list[dict]) -> FramesInRam | FramesOnTheFly | None:
     if isinstance(episodes[0]["images"], RecordedFrames):
         return FramesOnTheFly([episode["images"] for episode in episodes])
     return FramesInRam(episodes)
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (Linux), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets import aloha_hdf5, lerobot_v3
-from datasets.frame_store import RecordedFrames
+from datasets.frame_store import RecordedFrames, available_memory
 from env.errors import UserInputError, did_you_mean
 from env.images import resize_frames
 
@@ -88,17 +88,6 @@ def _check_episodes(episodes: list[dict], cameras: list[str] | None, state_name:
     return chosen
 
 
-def _available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes (Linux), else None."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def choose_frames(requested: str, data_format: str, num_frames: int, num_cameras: int, height: int, width: int,
                   folder: Path) -> str:
     """Where the frames live while training: "ram" (decoded once and held) or "disk" (read from the files per
@@ -110,7 +99,7 @@ def choose_frames(requested: str, data_format: str, num_frames: int, num_cameras
                              f"RAM (a random mp4 frame is decoded from its last keyframe on); expected data.frames="
                              f"auto or ram, or the ALOHA HDF5 layout (datasets/aloha_hdf5.py's write_episode)")
     needed = num_frames * num_cameras * 3 * height * width
-    available = _available_memory()
+    available = available_memory()
     what = f"{num_frames} frames x {num_cameras} camera(s) at {height}x{width} = {needed / 2**30:.2f} GiB"
     free = f"{available / 2**30:.1f} GiB available" if available is not None else "available memory unknown"
     fits = available is None or needed <= available / 2

@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from datasets.chunk_dataset import make_train_loader
+from datasets.frame_store import available_memory
 from env.errors import UserInputError
 from models.policy import ACTPolicy
 from utils.allocator import reuse_freed_memory
@@ -212,14 +213,12 @@ def check_batch_fits_in_memory(cfg: RunConfig, run: Run, dataset):
     """Stop with one line, before the first batch is drawn, when a training step of batch_size samples certainly
     cannot fit: its input bytes times STEP_BYTES_PER_INPUT_BYTE against the memory available (RAM, which every
     rank's share takes on one machine, or the free memory of each rank's GPU). Smaller batches may still not fit."""
-    from datasets.own_data import _available_memory  # not at the top: that module loads pyarrow and av
-
     sample_bytes = sum(tensor.numel() * tensor.element_size() for tensor in dataset[[0]].values())
     if run.device.type == "cuda":
         samples, available, where = (cfg.batch_size // run.distributed.world_size,
                                      torch.cuda.mem_get_info(run.device)[0], f"free on {run.device}")
     else:
-        samples, available, where = cfg.batch_size, _available_memory(), "available (MemAvailable)"
+        samples, available, where = cfg.batch_size, available_memory(), "available (MemAvailable)"
     needed = samples * sample_bytes * STEP_BYTES_PER_INPUT_BYTE
     if available is not None and needed > available:
         largest = available // (sample_bytes * STEP_BYTES_PER_INPUT_BYTE) * cfg.batch_size // samples

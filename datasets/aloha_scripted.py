@@ -22,10 +22,8 @@ relative pose; MuJoCo 3.1.5 takes it from the model's reference configuration), 
 fingertips: waypoints below say where the fingertips go.
 """
 
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -33,6 +31,7 @@ import numpy as np
 
 from datasets.aloha_hdf5 import episode_files, write_episode
 from datasets.own_data import load_own_episodes
+from datasets.worker_pool import demo_worker_pool
 from env.aloha_env import AlohaSim, MAX_EPISODE_STEPS, SUCCESS_REWARD, check_task, object_pose
 from env.errors import UserInputError
 
@@ -283,8 +282,7 @@ def make_scripted_demos(task: str, num_demos: int, out_dir, workers: int = 1) ->
     jobs = [(task, seed, out_dir / f"episode_{i}.hdf5") for i, seed in enumerate(seeds)
             if not _already_written(out_dir / f"episode_{i}.hdf5", task, seed)]
     if workers > 1 and len(jobs) > 1:
-        # spawn: a fresh process per worker, without this one's threads or GL context
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with demo_worker_pool(workers) as pool:
             list(pool.map(write_demo, *zip(*jobs)))
     else:
         for job in jobs:

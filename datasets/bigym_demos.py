@@ -40,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.bigym_solvers import SCRIPTED_TASKS, ScriptedMotion, scripted_task
+from datasets.frame_store import report_frames_in_ram
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, absolute_base_action, apply_start, base_deltas,
                            bigym_camera_images, bigym_state_vector, check_base_action, check_state_contents,
                            make_bigym_env, policy_state, read_observation, reset_perturbed, resolve_task, solved)
@@ -397,4 +398,5 @@ def load_bigym_demos(cfg, repo_root: Path) -> list[dict]:
               f"{len(episodes) - successes} demos no longer solve {task}; the policy imitates them as they are. "
               f"A higher control_frequency "
               f"(e.g. {higher}) keeps more of the recorded motion.")
+    report_frames_in_ram(episodes, "BiGym")
     return episodes

@@ -11,6 +11,9 @@ and from there on everything is shared. States and actions are held in RAM; the 
     is_pad  (K,)          True on padded steps (masked out of the loss)
 """
 
+import contextlib
+import signal
+
 import numpy as np
 import torch
 
@@ -131,7 +134,30 @@ def make_train_loader(dataset: ChunkDataset, batch_size: int, seed: int, num_wor
     # (a draw there would shift every dropout mask after a resume).
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
                                        persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
-                                       generator=torch.Generator().manual_seed(seed))
+                                       generator=torch.Generator().manual_seed(seed),
+                                       worker_init_fn=_leave_stop_signals_to_the_main_process)
+
+
+@contextlib.contextmanager
+def training_batches(dataset: ChunkDataset, batch_size: int, seed: int, num_workers: int, start_iter: int = 0,
+                     rank: int = 0, world_size: int = 1):
+    """make_train_loader's endless stream of batches, for the training loop. On leaving (the run's end, a stop
+    signal, an error) its worker processes end at once: they ignore stop signals, and the interpreter's exit, which
+    ends leftover daemon processes with a SIGTERM, would wait for them forever."""
+    batches = iter(make_train_loader(dataset, batch_size, seed, num_workers, start_iter, rank, world_size))
+    try:
+        yield batches
+    finally:
+        if num_workers > 0:
+            batches._shutdown_workers()  # what torch does when the loader is garbage-collected, done now
+
+
+def _leave_stop_signals_to_the_main_process(worker_id: int):
+    """Ctrl-C and a scheduler's SIGTERM reach every process of the group. A worker killed by one makes the main
+    process fail at once ("DataLoader worker ... is killed by signal") instead of finishing its step and saving
+    last.pt (utils/stop_signals.py); so workers ignore both, and end when the main process does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def iterate_in_order(dataset: ChunkDataset, batch_size: int, rank: int = 0, world_size: int = 1):

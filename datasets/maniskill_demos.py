@@ -10,13 +10,12 @@ processes when asked; the first chunk is small, so a controller that cannot foll
 run within a minute.
 """
 
+import contextlib
 import json
-import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from datasets.frame_store import report_frames_in_ram
+from datasets.worker_pool import demo_worker_pool
 from env.errors import UserInputError
 from env.maniskill_env import check_env_id, maniskill_camera_images, maniskill_state_vector
 
@@ -218,12 +219,10 @@ def generate_demos(env_id: str, num_demos: int, obs_mode: str, control_mode: str
     work_dir.mkdir(parents=True, exist_ok=True)
     print(f"[demos] generating {num_demos} {env_id} demos ({obs_mode}, {control_mode}) -> {out_path} "
           f"with {workers} worker process(es) (finished chunks are kept in {work_dir}: a killed run resumes)")
-    # spawn, not fork: the parent may hold torch's thread pools, which a forked child can deadlock on
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     planned = converted = 0
     files = []
     wave = [(seed, seed + PROBE_SEEDS)]  # the probe alone: a controller that cannot follow the planner stops early
-    try:
+    with demo_worker_pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
         while True:
             if wave[0][0] - seed >= 3 * num_demos + 20:  # the planner itself fails on most seeds
                 raise RuntimeError(f"{env_id}: after {wave[0][0] - seed} planner seeds only {planned} plans succeeded "
@@ -242,9 +241,6 @@ def generate_demos(env_id: str, num_demos: int, obs_mode: str, control_mode: str
                 break
             next_seed = wave[-1][1]
             wave = _next_wave(next_seed, num_demos - converted, converted / (next_seed - seed), workers)
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
     _keep_first_successful(files, out_path, num_demos)
     shutil.rmtree(work_dir)
     print(f"[demos] wrote {out_path}")
@@ -296,8 +292,10 @@ def load_configured_demos(cfg, repo_root: Path) -> list[dict]:
     if not path.exists():
         print(f"[demos] {path} not found: generating {cfg.num_demos} demonstrations with ManiSkill's motion planner")
         generate_demos(cfg.env_id, cfg.num_demos, cfg.obs_mode, cfg.control_mode, path, workers=cfg.demo_workers)
-    return load_maniskill_demos(path, cfg.num_demos, cfg.obs_mode, cfg.control_mode, cfg.cameras, cfg.image_size,
-                                cfg.image_crop)
+    episodes = load_maniskill_demos(path, cfg.num_demos, cfg.obs_mode, cfg.control_mode, cfg.cameras,
+                                    cfg.image_size, cfg.image_crop)
+    report_frames_in_ram(episodes, "ManiSkill")
+    return episodes
 
 
 def load_maniskill_demos(path, num_demos: int, obs_mode: str, control_mode: str,

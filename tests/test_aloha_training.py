@@ -6,8 +6,10 @@ About 2 minutes on one core, most of it rendering the demo (400 top-camera frame
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -134,3 +136,51 @@ def test_stage_rates_count_the_highest_reward_of_each_episode():
     summary = summarize(episodes)
     assert summary["stage/touched"] == summary["stage/lifted"] == summary["stage/transferred"] == 0.5
     assert summary["success_once"] == 0.5
+
+
+def children_ignoring_sigint(pid: int) -> tuple[int, int]:
+    """(child processes of pid, how many of them ignore SIGINT), read from /proc."""
+    children = ignoring = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields["PPid"]) == pid:
+            children += 1
+            ignoring += bool(int(fields["SigIgn"], 16) & 1 << (signal.SIGINT - 1))
+    return children, ignoring
+
+
+def test_ctrl_c_while_demos_render_ends_the_run_at_once_in_one_line(tmp_path):
+    """Ctrl-C reaches the whole foreground process group, the render workers included. The run ends within seconds,
+    not after the renders in progress (about 40 s each), with one line and exit 130: no traceback from any worker,
+    no process of the group left behind, no half-written demo file."""
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    process = subprocess.Popen([sys.executable, "ACT_for_aloha.py", *TINY, "num_demos=2", "demo_workers=2",
+                                f"demo_dir={tmp_path / 'demos'}", f"ckpt_dir={tmp_path / 'ckpts'}"], cwd=REPO_ROOT,
+                               stdout=open(stdout, "w"), stderr=open(stderr, "w"), start_new_session=True,
+                               env={"OMP_NUM_THREADS": "1", **os.environ})
+    deadline = time.time() + 300
+    # Both workers are up once they ignore SIGINT (a worker still starting would print its own traceback).
+    while "rendering and writing" not in stdout.read_text() or children_ignoring_sigint(process.pid)[1] < 2:
+        assert process.poll() is None and time.time() < deadline, stderr.read_text()[-3000:]
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    sent = time.time()
+    assert process.wait(timeout=60) == 130
+    assert time.time() - sent < 20
+    text = stderr.read_text()
+    assert "Traceback" not in text and text.strip().splitlines()[-1].startswith(
+        "stopped: SIGINT outside the training loop; nothing is half-written"), text[-3000:]
+    deadline = time.time() + 10
+    while True:  # until the group is empty: the workers are gone
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        left = subprocess.run(["ps", "-o", "pid,stat,etime,cmd", "-g", str(process.pid)], capture_output=True,
+                              text=True)
+        assert time.time() < deadline, f"still running 10 s after the run ended:\n{left.stdout}"
+        time.sleep(0.2)
+    assert not list((tmp_path / "demos" / "transfer_cube").glob("*.hdf5"))

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import errno
 import os
+import signal
 import sys
 import types
 import typing
@@ -438,12 +439,30 @@ def parse_args(default_config: str, description: str, task_defaults=None) -> tup
     return cfg, checkpoint
 
 
+class StoppedOutsideTraining(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which handles it itself, utils/stop_signals.py), treated as Ctrl-C."""
+
+
+def _stop_outside_training(signum, frame):
+    raise StoppedOutsideTraining()
+
+
 def run_main(main):
     """Run an entry script's main(): a user mistake (UserInputError, e.g. a bad key, value or file) or a full or
     read-only disk ends with one line and exit status 2; a stopped run (RunStopped: a stop signal, a diverged loss)
-    with one line and its own exit status; anything else is a bug and keeps its traceback."""
+    with one line and its own exit status; Ctrl-C or SIGTERM before or after the training loop (making demos,
+    reading data, an evaluation-only run) with one line and 130 / 143; anything else is a bug and keeps its
+    traceback."""
+    signal.signal(signal.SIGTERM, _stop_outside_training)
     try:
         main()
+    except KeyboardInterrupt as exc:
+        signum = signal.SIGTERM if isinstance(exc, StoppedOutsideTraining) else signal.SIGINT
+        if os.environ.get("RANK", "0") == "0":
+            print(f"stopped: {signum.name} outside the training loop; nothing is half-written (demo files and "
+                  f"checkpoints appear only once complete): the same command goes on from what is there",
+                  file=sys.stderr)
+        sys.exit(128 + signum)
     except UserInputError as exc:
         message = str(exc)
         if message.startswith("Caught UserInputError in DataLoader worker"):

@@ -34,7 +34,7 @@ from utils.schema import SimulatorRun
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def validate(policy: ACTPolicy, dataset: ChunkDataset, batch_size: int, device,
-             distributed: Distributed = Distributed()) -> dict:
+             distributed: Distributed = Distributed(), stop_requested=lambda: False) -> dict | None:
     """Loss on every held-out sample, eval mode (no dropout). Two L1 figures:
 
     val/l1            the deployed policy: z = 0, as in a rollout. The figure to watch; best.pt follows it
@@ -42,10 +42,15 @@ def validate(policy: ACTPolicy, dataset: ChunkDataset, batch_size: int, device,
     val/l1_posterior  z = the posterior mean, computed from the target chunk itself: how well the CVAE
                       reconstructs, not how well the policy acts. Reported beside val/kl.
     Under torchrun each rank takes a share of the samples and the sums are added up over ranks.
+    None when stop_requested() became true between two batches on any rank (a pass over a large held-out set can
+    take many minutes; a stop signal should not wait for it).
     """
     policy.eval()
-    totals, count = {"l1": 0.0, "l1_posterior": 0.0, "kl": 0.0}, 0
+    totals, count, stopped = {"l1": 0.0, "l1_posterior": 0.0, "kl": 0.0}, 0, False
     for batch in iterate_in_order(dataset, batch_size, distributed.rank, distributed.world_size):
+        if stop_requested():
+            stopped = True
+            break
         batch = {k: v.to(device) for k, v in batch.items()}
         posterior = policy(batch)
         size = len(batch["actions"])
@@ -53,7 +58,9 @@ def validate(policy: ACTPolicy, dataset: ChunkDataset, batch_size: int, device,
         totals["l1_posterior"] += posterior["l1"].item() * size
         totals["kl"] += posterior["kl"].item() * size
         count += size
-    *sums, count = all_sum([*totals.values(), count], device)
+    *sums, count, stopped_ranks = all_sum([*totals.values(), count, float(stopped)], device)
+    if stopped_ranks:
+        return None
     return {f"val/{k}": total / count for k, total in zip(totals, sums)}
 
 

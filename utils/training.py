@@ -14,7 +14,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from datasets.chunk_dataset import make_train_loader
+from datasets.chunk_dataset import training_batches
 from datasets.frame_store import available_memory
 from env.errors import UserInputError
 from models.policy import ACTPolicy
@@ -74,9 +74,6 @@ def train(cfg: RunConfig, run: Run, policy: ACTPolicy, data: TrainingData, make_
         print(f"[schedule] warning: warmup_iters={cfg.warmup_iters} >= total_iters={cfg.total_iters}: the learning "
               f"rate only rises, to {cfg.total_iters / cfg.warmup_iters:.0%} of lr={cfg.lr:g}, and never decays; "
               f"e.g. warmup_iters={cfg.total_iters // 10} for a run this short")
-    # Batch i depends only on (seed, i), and the loader draws nothing from the random state restored above.
-    loader = make_train_loader(data.train_set, cfg.batch_size, cfg.seed, cfg.num_workers, start_iter,
-                               distributed.rank, distributed.world_size)
     # The module the training step calls: the policy itself, wrapped by DDP under torchrun (which averages the
     # gradients over ranks inside backward(), so that every rank takes the same step) and compiled with compile=true.
     training_policy = (DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
@@ -90,15 +87,36 @@ def train(cfg: RunConfig, run: Run, policy: ACTPolicy, data: TrainingData, make_
     running, window_iters = resumed.log_window.sums, resumed.log_window.iterations
     window_start, timed_from = time.time(), start_iter  # it/s: the steps since then
 
+    bar = tqdm(range(start_iter, cfg.total_iters), initial=start_iter, total=cfg.total_iters, desc="train",
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30, disable=not distributed.is_main)
+
     def save(name: str, step: int, evaluation_pending: bool = False):
         save_training_checkpoint(run.ckpt_dir / name, cfg, run, data, policy, ema, optimizer, step,
                                  {"metric": best_metric, "score": best_score}, LogWindow(running, window_iters),
                                  evaluation_pending)
 
-    def evaluate_and_save(step: int, last: bool, validated: bool, stop: StopSignals) -> bool:
-        """Steps 5 to 7 of an iteration (alone for a resumed run whose evaluation was cut short). Returns whether
+    def validate_evaluate_and_save(step: int, last: bool, stop: StopSignals) -> bool:
+        """Steps 4 to 7 of an iteration (alone for a resumed run whose checkpoint had them pending). Returns whether
         last.pt was saved."""
-        nonlocal env, best_score
+        nonlocal env, best_score, collapse_reported
+        # 4. Validate on the held-out episodes. A stop signal during the pass ends it: last.pt is saved with steps
+        #    4-7 pending, and the resumed run runs them first.
+        validated = data.val_set is not None and (step % cfg.val_frequency == 0 or last)
+        if validated:
+            validation = validate(eval_policy, data.val_set, cfg.batch_size, device, distributed,
+                                  stop_requested=lambda: stop.received != 0)
+            if validation is None:
+                save("last.pt", step, evaluation_pending=True)
+                stop.end_run(stop.requested(), f"during the validation after iteration {step} of {cfg.total_iters}: "
+                                               f"stopped without its figures")
+            metrics.update(validation)
+            run.logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, step)
+            bar.write(f"[val @ {step}] l1 {metrics['val/l1']:.4f} (deployed, z = 0)  "
+                      f"l1_posterior {metrics['val/l1_posterior']:.4f}  kl {metrics['val/kl']:.4f}")
+            if policy.model.use_cvae and metrics["val/kl"] < KL_COLLAPSED and not collapse_reported:
+                bar.write(posterior_collapse_note(step, metrics))
+                collapse_reported = True
+
         # 5. Evaluate in the simulator. last.pt first: a kill during a long evaluation loses no training, and a
         #    stop signal during it stops at once.
         evaluated = simulator_eval and (step % cfg.eval_frequency == 0 or last)
@@ -127,12 +145,13 @@ def train(cfg: RunConfig, run: Run, policy: ACTPolicy, data: TrainingData, make_
             run.logger.plot_curves()
         return periodic or evaluated
 
-    bar = tqdm(range(start_iter, cfg.total_iters), initial=start_iter, total=cfg.total_iters, desc="train",
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30, disable=not distributed.is_main)
-    with StopSignals(run) as stop, bar:
+    # Batch i depends only on (seed, i), and the loader draws nothing from the random state restored above.
+    batch_stream = training_batches(data.train_set, cfg.batch_size, cfg.seed, cfg.num_workers, start_iter,
+                                    distributed.rank, distributed.world_size)
+    with StopSignals(run) as stop, bar, batch_stream as batches:
         if resumed.evaluation_pending:
-            evaluate_and_save(start_iter, start_iter == cfg.total_iters, validated=False, stop=stop)
-        for iteration, batch in zip(bar, loader):
+            validate_evaluate_and_save(start_iter, start_iter == cfg.total_iters, stop)
+        for iteration, batch in zip(bar, batches):
             step = iteration + 1  # iterations done after this one; the schedules below count in these
             last = step == cfg.total_iters
 
@@ -164,19 +183,8 @@ def train(cfg: RunConfig, run: Run, policy: ACTPolicy, data: TrainingData, make_
                 running, window_iters = {k: 0.0 for k in running}, 0
                 window_start, timed_from = time.time(), step
 
-            # 4. Validate on the held-out episodes.
-            validated = data.val_set is not None and (step % cfg.val_frequency == 0 or last)
-            if validated:
-                metrics.update(validate(eval_policy, data.val_set, cfg.batch_size, device, distributed))
-                run.logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, step)
-                bar.write(f"[val @ {step}] l1 {metrics['val/l1']:.4f} (deployed, z = 0)  "
-                          f"l1_posterior {metrics['val/l1_posterior']:.4f}  kl {metrics['val/kl']:.4f}")
-                if policy.model.use_cvae and metrics["val/kl"] < KL_COLLAPSED and not collapse_reported:
-                    bar.write(posterior_collapse_note(step, metrics))
-                    collapse_reported = True
-
-            # 5-7. Simulator evaluation, best.pt, checkpoints.
-            saved = evaluate_and_save(step, last, validated, stop)
+            # 4-7. Validation, simulator evaluation, best.pt, checkpoints.
+            saved = validate_evaluate_and_save(step, last, stop)
 
             # 8. A stop signal (Ctrl-C, SIGTERM) that came during this step ends the run here, with last.pt saved.
             signum = 0 if last else stop.requested()

@@ -17,7 +17,7 @@ from utils.distributed import all_gather
 from utils.logger import RunLogger
 from utils.optimization import EMA, TrainingDiverged
 from utils.run_setup import Run, TrainingData
-from utils.schema import RunConfig, evaluates_in_simulator
+from utils.schema import RunConfig
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Resumed:
 
     iteration: int = 0
     best_score: float = -math.inf  # of best.pt so far
-    evaluation_pending: bool = False  # the iteration's simulator evaluation is still to run
+    evaluation_pending: bool = False  # the iteration's validation, simulator evaluation and saves are still to run
     log_window: LogWindow = field(default_factory=lambda: LogWindow({"loss": 0.0, "l1": 0.0, "kl": 0.0}, 0))
 
 
@@ -44,8 +44,9 @@ def save_training_checkpoint(path: Path, cfg: RunConfig, run: Run, data: Trainin
                              evaluation_pending: bool = False):
     """Everything a resumed run needs, written by rank 0 (utils/checkpoint.py: atomically). `best`: {"metric",
     "score"} of best.pt so far. log_window: the training losses summed since the last log, so that a run stopped
-    between two logs logs the same means when resumed. evaluation_pending: saved just before this iteration's
-    simulator evaluation, which a run resumed from it runs first. A diverged model never overwrites a good
+    between two logs logs the same means when resumed. evaluation_pending: saved before this iteration's
+    simulator evaluation, or when a stop signal cut its validation short; a run resumed from it runs the iteration's
+    validation, evaluation and saves first. A diverged model never overwrites a good
     checkpoint (NaN can appear between log steps)."""
     if not all(torch.isfinite(p).all() for p in policy.parameters()):
         raise TrainingDiverged(f"non-finite weights at iteration {iteration}, not saving {path.name}; "
@@ -76,7 +77,8 @@ def resume_note(run: Run, overrides: str = "") -> str:
     if not path.is_file():
         return f"no checkpoint was saved yet ({path} does not exist): nothing to resume"
     saved = load_checkpoint(path)
-    pending = ", its simulator evaluation still to run: resume runs it first" if saved.get("evaluation_pending") else ""
+    pending = (", its validation and evaluation still to run: resume runs them first" if saved.get("evaluation_pending")
+               else "")
     launcher = f"torchrun --nproc_per_node={run.distributed.world_size}" if run.distributed.enabled else "python"
     return (f"the last good checkpoint is {path} (iteration {saved['iteration']}{pending}); continue with: "
             f"{launcher} {sys.argv[0]} resume={path}" + (f" {overrides}" if overrides else ""))
@@ -89,9 +91,9 @@ def _uses_frozen_batchnorm(policy: ACTPolicy) -> bool | None:
 
 def _drop_metrics_after(logger: RunLogger, iteration: int, evaluation_pending: bool):
     """A resumed run rewrites history from its checkpoint on: drop rows logged after it, and the checkpoint's own
-    iteration's evaluation rows when that evaluation is to run again."""
+    iteration's validation and evaluation rows when they are to run again."""
     rows = [row for row in logger.read_metrics() if row["iteration"] < iteration or (row["iteration"] == iteration
-            and not (evaluation_pending and any(key.startswith("eval/") for key in row)))]
+            and not (evaluation_pending and any(key.startswith(("val/", "eval/")) for key in row)))]
     logger.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -117,11 +119,12 @@ def restore_training_state(cfg: RunConfig, run: Run, policy: ACTPolicy, ema: EMA
         print(f"[resume] the checkpoint was trained by {len(rng_states)} process(es), this run has "
               f"{distributed.world_size}: same global batch and batches, but the random draws (dropout, z samples) "
               f"differ, so the run will not match one continued with {len(rng_states)}")
-    resumed.evaluation_pending = ckpt.get("evaluation_pending", False) and evaluates_in_simulator(cfg)
+    resumed.evaluation_pending = ckpt.get("evaluation_pending", False)
     if distributed.is_main:
         _drop_metrics_after(run.logger, ckpt["iteration"], resumed.evaluation_pending)
     print(f"[resume] from {cfg.resume} at iteration {ckpt['iteration']}"
-          + (", whose simulator evaluation was cut short: running it first" if resumed.evaluation_pending else ""))
+          + (", whose validation or evaluation was cut short: running them first" if resumed.evaluation_pending
+             else ""))
     saved_best = ckpt.get("best", {"metric": "eval/success_once", "score": ckpt.get("best_success")})  # older format
     if saved_best["metric"] == best_metric:
         resumed.best_score = saved_best["score"]

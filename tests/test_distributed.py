@@ -2,8 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +93,52 @@ def test_two_rank_evaluation_gives_the_one_rank_per_episode_results(ddp_run):
         outcomes[name] = json.loads((eval_dir / "episodes_eval.json").read_text())
     assert [e["episode"] for e in outcomes["one"]] == list(range(6))
     assert outcomes["two"] == outcomes["one"]
+
+
+def rank_pids(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of the worker processes torchrun started, read from their environment in /proc."""
+    ranks = {}
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if int((environ.parent / "stat").read_text().rsplit(")", 1)[1].split()[1]) != launcher_pid:
+                continue
+            variables = dict(item.split("=", 1) for item in environ.read_text().split("\0") if "=" in item)
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        if "RANK" in variables:
+            ranks[int(variables["RANK"])] = int(environ.parent.name)
+    return ranks
+
+
+def test_a_stop_signal_to_one_rank_stops_every_rank_after_the_same_step_and_resume_matches(ddp_run, tmp_path):
+    """The ranks agree every step on whether to stop (the signal number all-reduced over them). SIGTERM to rank 1
+    alone (paused first, so that the run cannot end before the signal lands) ends both ranks after the same
+    iteration; rank 0 saves last.pt and says so in one line; continued under torchrun, the run ends with the weights
+    of the run left alone (ddp_run's)."""
+    ckpt_dir, stderr = tmp_path / "ckpts", tmp_path / "stderr.txt"
+    stoppable = [*ddp_run["common"], "total_iters=40", "save_frequency=20", "val_frequency=20", "num_eval_episodes=0",
+                 f"ckpt_dir={ckpt_dir}"]
+    launcher = subprocess.Popen(entry(*stoppable), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=open(stderr, "w"),
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 600
+    while not list(ckpt_dir.glob("*/iter_0000020.pt")):
+        assert launcher.poll() is None and time.time() < deadline, stderr.read_text()[-3000:]
+        time.sleep(0.02)
+    rank_1 = rank_pids(launcher.pid)[1]
+    for signum in (signal.SIGSTOP, signal.SIGTERM, signal.SIGCONT):
+        os.kill(rank_1, signum)
+    assert launcher.wait(timeout=600) != 0  # torchrun reports its workers' exit status 143 as a failure
+    (run_dir,) = ckpt_dir.iterdir()
+    stopped = torch.load(run_dir / "last.pt", weights_only=True)
+    assert 20 <= stopped["iteration"] < 40 and stopped["world_size"] == 2
+    text = stderr.read_text()
+    assert text.count("stopped: SIGTERM") == 1 and "RunStopped" not in text  # rank 0 speaks for both
+    assert (f"stopped: SIGTERM during iteration {stopped['iteration']} of 40: stopped after it; the last good "
+            f"checkpoint is {run_dir / 'last.pt'} (iteration {stopped['iteration']}); continue with: torchrun "
+            f"--nproc_per_node=2 ACT_for_Maniskill.py resume={run_dir / 'last.pt'}") in text
+    run(entry(*stoppable, f"resume={run_dir / 'last.pt'}"))
+    (alone_dir,) = (ddp_run["out"] / "ckpts").iterdir()
+    alone, resumed = (torch.load(d / "last.pt", weights_only=True) for d in (alone_dir, run_dir))
+    assert resumed["iteration"] == 40
+    for name, tensor in alone["policy"].items():
+        assert torch.equal(tensor, resumed["policy"][name]), name

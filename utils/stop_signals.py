@@ -5,13 +5,15 @@ pre-empts a job, ends the run with last.pt saved and one line saying how to cont
                             `stopped: SIGTERM at iteration 37 of 60; the last good checkpoint is ... (iteration 37);
                             continue with: python <script> resume=<run>/last.pt`
     a second signal         stops at once; last.pt is the last completed save (writes are atomic)
+    during a validation     the pass stops between two batches; last.pt holds the iteration with its validation,
+    pass                    evaluation and saves pending, and the resumed run runs them first
     during a simulator      stops at once too: last.pt was saved just before the evaluation, marked pending, and
     evaluation              the resumed run runs that evaluation first (BiGym's DishwasherClose takes 37 min)
 
-Exit status 130 after SIGINT, 143 after SIGTERM (128 + the signal's number, the shell's convention). Under torchrun,
-torchrun passes a signal on to every rank, and the ranks agree every step on whether to stop (max_over_ranks), so
-that they save and stop after the same iteration. Not yet tested under torchrun (gloo or NCCL): the tests stop
-single-process runs.
+Exit status 130 after SIGINT, 143 after SIGTERM (128 + the signal's number, the shell's convention). Under torchrun
+the ranks agree every step on whether to stop (max_over_ranks), so that a signal reaching any of them stops all of
+them after the same iteration (tests/test_distributed.py, gloo; NCCL is untested); torchrun then reports the ranks'
+exit status 143 as a failed run, below the one line.
 """
 
 import contextlib
@@ -39,9 +41,11 @@ class StopSignals:
             self.previous_handlers[signum] = signal.signal(signum, self._on_signal)
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type, exc_value, traceback):
         for signum, handler in self.previous_handlers.items():
-            signal.signal(signum, handler)
+            # A stopped run ignores further signals on its way out, so that its last line gets out: under torchrun,
+            # the launcher sends SIGTERM to the ranks still running as soon as one of them has exited.
+            signal.signal(signum, signal.SIG_IGN if exc_type is RunStopped else handler)
 
     def _on_signal(self, signum, frame):
         if self.stop_at_once:
@@ -57,8 +61,13 @@ class StopSignals:
         """The stop signal to end the run with after this step, 0 to go on; the same on every rank."""
         return max_over_ranks(self.received)
 
-    def end_run(self, signum: int, what: str):
-        raise RunStopped(f"{signal.Signals(signum).name} {what}; {resume_note(self.run)}", 128 + signum)
+    def end_run(self, signum: int, what: str, every_rank: bool = False):
+        """Stop with one line. every_rank: every rank calls this after the same iteration; none leaves before rank 0
+        has written last.pt and read back what it says (torchrun ends the other ranks once one has exited)."""
+        message = f"{signal.Signals(signum).name} {what}; {resume_note(self.run)}"
+        if every_rank:
+            max_over_ranks(0)  # a barrier
+        raise RunStopped(message, 128 + signum)
 
     @contextlib.contextmanager
     def stopping_at_once(self):

@@ -108,7 +108,7 @@ def train(cfg: RunConfig, run: Run, policy: ACTPolicy, data: TrainingData, make_
             if validation is None:
                 save("last.pt", step, evaluation_pending=True)
                 stop.end_run(stop.requested(), f"during the validation after iteration {step} of {cfg.total_iters}: "
-                                               f"stopped without its figures")
+                                               f"stopped without its figures", every_rank=True)
             metrics.update(validation)
             run.logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, step)
             bar.write(f"[val @ {step}] l1 {metrics['val/l1']:.4f} (deployed, z = 0)  "
@@ -148,7 +148,8 @@ def train(cfg: RunConfig, run: Run, policy: ACTPolicy, data: TrainingData, make_
     # Batch i depends only on (seed, i), and the loader draws nothing from the random state restored above.
     batch_stream = training_batches(data.train_set, cfg.batch_size, cfg.seed, cfg.num_workers, start_iter,
                                     distributed.rank, distributed.world_size)
-    with StopSignals(run) as stop, bar, batch_stream as batches:
+    # Left in reverse order: a stopped run ignores further signals (StopSignals) before its loader workers end.
+    with batch_stream as batches, StopSignals(run) as stop, bar:
         if resumed.evaluation_pending:
             validate_evaluate_and_save(start_iter, start_iter == cfg.total_iters, stop)
         for iteration, batch in zip(bar, batches):
@@ -191,7 +192,7 @@ def train(cfg: RunConfig, run: Run, policy: ACTPolicy, data: TrainingData, make_
             if signum:
                 if not saved:
                     save("last.pt", step)
-                stop.end_run(signum, f"during iteration {step} of {cfg.total_iters}: stopped after it")
+                stop.end_run(signum, f"during iteration {step} of {cfg.total_iters}: stopped after it", every_rank=True)
     if env is not None:
         env.close()
     run.logger.plot_curves()

@@ -137,8 +137,9 @@ def test_a_stop_signal_to_one_rank_stops_every_rank_after_the_same_step_and_resu
             f"checkpoint is {run_dir / 'last.pt'} (iteration {stopped['iteration']}); continue with: torchrun "
             f"--nproc_per_node=2 ACT_for_Maniskill.py resume={run_dir / 'last.pt'}") in text
     run(entry(*stoppable, f"resume={run_dir / 'last.pt'}"))
-    (alone_dir,) = (ddp_run["out"] / "ckpts").iterdir()
-    alone, resumed = (torch.load(d / "last.pt", weights_only=True) for d in (alone_dir, run_dir))
-    assert resumed["iteration"] == 40
+    (alone_dir,) = (ddp_run["out"] / "ckpts").iterdir()  # its last.pt may be another test's resume by now
+    alone = torch.load(alone_dir / "iter_0000040.pt", weights_only=True)
+    resumed = torch.load(run_dir / "last.pt", weights_only=True)
+    assert alone["iteration"] == resumed["iteration"] == 40
     for name, tensor in alone["policy"].items():
         assert torch.equal(tensor, resumed["policy"][name]), name

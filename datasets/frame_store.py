@@ -129,16 +129,20 @@ def frames_of(episodes: list[dict]) -> FramesInRam | FramesOnTheFly | None:
     return FramesInRam(episodes)
 
 
+def frames_size(num_frames: int, num_cameras: int, height: int, width: int, channels: int = 3) -> tuple[int, str]:
+    """(bytes, the "[data] frames:" line's description) of uint8 frames held in RAM."""
+    size = num_frames * num_cameras * channels * height * width
+    return size, f"{num_frames} frames x {num_cameras} camera(s) at {height}x{width} = {size / 2**30:.2f} GiB"
+
+
 def report_frames_in_ram(episodes: list[dict], source: str):
     """The "[data] frames:" line for demos that are always held in RAM (a simulator's: small enough, and read per
     batch only from ALOHA-layout HDF5 files), as datasets/own_data.py's choose_frames says it for recordings."""
     if not episodes or "images" not in episodes[0]:
         return
     _, cameras, channels, height, width = episodes[0]["images"].shape
-    steps = sum(len(episode["images"]) for episode in episodes)
-    size = steps * cameras * channels * height * width
-    print(f"[data] frames: in RAM, {steps} frames x {cameras} camera(s) at {height}x{width} = {size / 2**30:.2f} GiB "
-          f"({source} demos are always held in RAM)")
+    _, what = frames_size(sum(len(episode["images"]) for episode in episodes), cameras, height, width, channels)
+    print(f"[data] frames: in RAM, {what} ({source} demos are always held in RAM)")
 
 
 def available_memory() -> int | None:

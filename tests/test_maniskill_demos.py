@@ -138,14 +138,15 @@ def test_stack_cube_trains_on_more_demos_from_state_only():
     assert load_config(DEFAULT, rgb_cpu, ["env_id=StackCube-v1"], task_defaults=task_recipe).num_demos == 100
 
 
-def test_push_cube_plays_its_chunks_open_loop_from_state_only():
+def test_push_cube_plays_its_chunks_open_loop_from_state_and_from_the_camera():
     state, rgb_cpu = "configs/ACT_maniskill_state_config.yaml", "configs/ACT_maniskill_rgb_cpu_config.yaml"
-    cfg = load_config(DEFAULT, state, ["env_id=PushCube-v1"], task_defaults=task_recipe)
-    assert (cfg.temporal_ensemble, cfg.query_frequency) == (False, 5)
+    for config in (state, rgb_cpu):
+        cfg = load_config(DEFAULT, config, ["env_id=PushCube-v1"], task_defaults=task_recipe)
+        assert (cfg.temporal_ensemble, cfg.query_frequency) == (False, 5)
     cfg = load_config(DEFAULT, state, ["env_id=PushCube-v1", "temporal_ensemble=true"], task_defaults=task_recipe)
     assert cfg.temporal_ensemble  # the user's choice wins (query_frequency is then unused)
-    for config, task in ((state, "PickCube-v1"), (rgb_cpu, "PushCube-v1")):
-        cfg = load_config(DEFAULT, config, [f"env_id={task}"], task_defaults=task_recipe)
+    for config in (state, rgb_cpu):  # PickCube ensembles
+        cfg = load_config(DEFAULT, config, ["env_id=PickCube-v1"], task_defaults=task_recipe)
         assert (cfg.temporal_ensemble, cfg.query_frequency) == (True, None)
 
 

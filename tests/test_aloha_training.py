@@ -138,9 +138,9 @@ def test_stage_rates_count_the_highest_reward_of_each_episode():
     assert summary["success_once"] == 0.5
 
 
-def children_ignoring_sigint(pid: int) -> tuple[int, int]:
-    """(child processes of pid, how many of them ignore SIGINT), read from /proc."""
-    children = ignoring = 0
+def children_blocking_sigint(pid: int) -> tuple[int, int]:
+    """(child processes of pid, how many of them block SIGINT), read from /proc."""
+    children = blocking = 0
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
@@ -148,8 +148,8 @@ def children_ignoring_sigint(pid: int) -> tuple[int, int]:
             continue
         if int(fields["PPid"]) == pid:
             children += 1
-            ignoring += bool(int(fields["SigIgn"], 16) & 1 << (signal.SIGINT - 1))
-    return children, ignoring
+            blocking += bool(int(fields["SigBlk"], 16) & 1 << (signal.SIGINT - 1))
+    return children, blocking
 
 
 def test_ctrl_c_while_demos_render_ends_the_run_at_once_in_one_line(tmp_path):
@@ -162,8 +162,9 @@ def test_ctrl_c_while_demos_render_ends_the_run_at_once_in_one_line(tmp_path):
                                stdout=open(stdout, "w"), stderr=open(stderr, "w"), start_new_session=True,
                                env={"OMP_NUM_THREADS": "1", **os.environ})
     deadline = time.time() + 300
-    # Both workers are up once they ignore SIGINT (a worker still starting would print its own traceback).
-    while "rendering and writing" not in stdout.read_text() or children_ignoring_sigint(process.pid)[1] < 2:
+    # Ctrl-C as soon as both workers exist: they are still importing the entry script (seconds), which is where an
+    # unshielded worker prints its own traceback.
+    while "rendering and writing" not in stdout.read_text() or children_blocking_sigint(process.pid)[1] < 2:
         assert process.poll() is None and time.time() < deadline, stderr.read_text()[-3000:]
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGINT)

@@ -1,14 +1,17 @@
 """The config redesign (issue 35) changed how a run is configured and set up, not what it computes: a tiny run of
 the state config gives, iteration for iteration, the losses and weights the code gave before it.
 
-REFERENCE was measured at commit 18d30e4 (before the redesign) by the same run written against that commit's API:
-load_config(maniskill default, state config, OVERRIDES), start_run, prepare_data(cfg, episodes(), "delta"),
-build_policy(cfg, shape_meta, stats), train(cfg, run, policy, data, make_env=None), one CPU thread; the weights'
-digest is sha256 over the names and bytes of last.pt's policy state dict, in order.
+tests/data/same_training_reference.json was measured at commit 18d30e4 (before the redesign) by the same run written
+against that commit's API: load_config(maniskill default, state config, OVERRIDES), start_run, prepare_data(cfg,
+episodes(), "delta"), build_policy(cfg, shape_meta, stats), train(cfg, run, policy, data, make_env=None), one CPU
+thread; weight_norms are the L2 norms of last.pt's policy tensors. On one machine the two commits agree bit for bit;
+across CPUs they do not (AVX2 and AVX-512 matrix kernels round differently: 1e-7 relative in the second loss), hence
+the tolerances, each far below what a changed computation moves (a different seed, batch or step moves the losses by
+percents).
 """
 
-import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,10 +26,7 @@ OVERRIDES = ["total_iters=6", "batch_size=16", "warmup_iters=2", "model.d_model=
              "model.dim_feedforward=64", "model.chunk_size=8", "log_frequency=1", "val_frequency=3",
              "save_frequency=6", "num_eval_episodes=0", "val_fraction=0.25", "wandb.mode=disabled",
              "precision=fp32"]  # the reference ran in fp32, before bf16 autocast became the default on bf16 CPUs
-REFERENCE_LOSSES = [101.77452087402344, 89.46501922607422, 77.00448608398438, 63.85542297363281,
-                    56.8120002746582, 52.19022750854492]
-REFERENCE_VAL_L1 = 0.7671664118766784
-REFERENCE_WEIGHTS_SHA256 = "9d846d85632f50f3e8d1dc7c4cb6462b7a99a27ab2ab7678878ad64c4bea0434"
+REFERENCE = json.loads((Path(__file__).parent / "data" / "same_training_reference.json").read_text())
 
 
 def episodes() -> list[dict]:
@@ -49,7 +49,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_state_config_trains_exactly_as_before_the_redesign(tmp_path, one_thread):
+def test_state_config_trains_as_before_the_redesign(tmp_path, one_thread):
     cfg = load_config("configs/ACT_maniskill_config.yaml", "configs/ACT_maniskill_state_config.yaml",
                       OVERRIDES + [f"ckpt_dir={tmp_path}", f"video_dir={tmp_path / 'videos'}"])
     run = start_run(cfg, None)
@@ -58,10 +58,10 @@ def test_state_config_trains_exactly_as_before_the_redesign(tmp_path, one_thread
     metrics = train(cfg, run, policy, data)
 
     rows = [json.loads(line) for line in (run.ckpt_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [row["train/loss"] for row in rows if "train/loss" in row] == REFERENCE_LOSSES
-    assert metrics["val/l1"] == REFERENCE_VAL_L1
-    digest = hashlib.sha256()
-    for name, tensor in torch.load(run.ckpt_dir / "last.pt", weights_only=True)["policy"].items():
-        digest.update(name.encode())
-        digest.update(tensor.numpy().tobytes())
-    assert digest.hexdigest() == REFERENCE_WEIGHTS_SHA256
+    losses = [row["train/loss"] for row in rows if "train/loss" in row]
+    np.testing.assert_allclose(losses, REFERENCE["train_losses"], rtol=1e-5)
+    np.testing.assert_allclose(metrics["val/l1"], REFERENCE["val_l1"], rtol=1e-5)
+    state = torch.load(run.ckpt_dir / "last.pt", weights_only=True)["policy"]
+    norms = {name: float(tensor.double().norm()) for name, tensor in state.items() if tensor.is_floating_point()}
+    assert list(norms) == list(REFERENCE["weight_norms"])
+    np.testing.assert_allclose(list(norms.values()), list(REFERENCE["weight_norms"].values()), rtol=1e-4)

@@ -228,14 +228,15 @@ class ResNet18Backbone(nn.Module):
     """ResNet18 trunk without avgpool/fc: (B, C, H, W) uint8-range floats -> (B, 512, H/32, W/32).
 
     stages=3 stops after layer3: (B, 256, H/16, W/16), a feature grid twice as fine in each direction (and fewer
-    FLOPs) for small images, where the full trunk leaves a 2x2 grid that cannot say where a small object is.
+    FLOPs) for small images, where the full trunk leaves a 2x2 grid that cannot say where a small object is;
+    stages=2 after layer2: (B, 128, H/8, W/8), finer again, four times the image tokens of stages=3.
     """
 
     def __init__(self, in_channels: int, pretrained: bool, weights_path: str | None = None,
                  frozen_batchnorm: bool | None = None, stages: int = 4):
         super().__init__()
-        if stages not in (3, 4):
-            raise ValueError(f"model.backbone_stages must be 3 or 4, got {stages!r}")
+        if stages not in (2, 3, 4):
+            raise ValueError(f"model.backbone_stages must be 2, 3 or 4, got {stages!r}")
         state_dict = load_imagenet_resnet18_weights(weights_path) if pretrained else None
         # Pretrained weights come with ImageNet batch statistics worth keeping fixed (small, correlated
         # batches would wreck them); a randomly initialised trunk needs ordinary BatchNorm to train.
@@ -253,7 +254,7 @@ class ResNet18Backbone(nn.Module):
             resnet.conv1.weight.data[:, 3:] = rgb_filters.mean(dim=1, keepdim=True)
         # children: conv1, bn1, relu, maxpool, layer1..layer4, avgpool, fc
         self.trunk = nn.Sequential(*list(resnet.children())[:4 + stages])
-        self.out_channels = 512 if stages == 4 else 256
+        self.out_channels = 64 * 2 ** (stages - 1)  # layer1..layer4: 64, 128, 256, 512 channels
         mean = list(IMAGENET_MEAN) + [0.5] * (in_channels - 3)
         std = list(IMAGENET_STD) + [0.5] * (in_channels - 3)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)

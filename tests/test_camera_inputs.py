@@ -88,16 +88,18 @@ def test_crop_then_resize_is_the_same_view_in_demos_and_rollouts(pickcube_rgb_de
         crop_frames(raw[None], [100, 0, 40, 40])
 
 
-def test_three_stage_backbone_is_the_full_trunk_stopped_after_layer3():
+def test_shorter_backbones_are_the_full_trunk_stopped_after_layer3_or_layer2():
     torch.manual_seed(0)
     full = ResNet18Backbone(3, pretrained=False, frozen_batchnorm=False, stages=4).eval()
-    three = ResNet18Backbone(3, pretrained=False, frozen_batchnorm=False, stages=3).eval()
-    three.load_state_dict(full.state_dict(), strict=False)  # the same weights for the stages both have
     images = torch.rand(2, 3, 80, 80) * 255
-    with torch.no_grad():
-        features = three(images)
-        normalised = (images / 255.0 - full.pixel_mean) / full.pixel_std
-        after_layer3 = full.trunk[:7](normalised)
-    assert features.shape == (2, 256, 5, 5) and three.out_channels == 256  # 80/16: a 5x5 grid
+    normalised = (images / 255.0 - full.pixel_mean) / full.pixel_std
     assert full(images).shape == (2, 512, 3, 3)  # the paper's trunk: 80/32 rounds up to a 3x3 grid
-    torch.testing.assert_close(features, after_layer3)
+    # stages, channels, grid (80/16: 5x5; 80/8: 10x10), trunk children (conv1, bn1, relu, maxpool, layer1..)
+    for stages, channels, grid, children in ((3, 256, 5, 7), (2, 128, 10, 6)):
+        short = ResNet18Backbone(3, pretrained=False, frozen_batchnorm=False, stages=stages).eval()
+        short.load_state_dict(full.state_dict(), strict=False)  # the same weights for the stages both have
+        with torch.no_grad():
+            features = short(images)
+            expected = full.trunk[:children](normalised)
+        assert features.shape == (2, channels, grid, grid) and short.out_channels == channels
+        torch.testing.assert_close(features, expected)

@@ -163,7 +163,7 @@ def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
     (["model.nhead=3"], "model.d_model (256) must be divisible by model.nhead (3)"),
     (["image_crop=[32, 24, 80]"], "key 'image_crop' must be [top, left, height, width]"),
     (["image_crop=[-1, 0, 80, 80]"], "key 'image_crop' must be [top, left, height, width]"),
-    (["model.backbone_stages=2"], "key 'model.backbone_stages' must be 3 or 4"),
+    (["model.backbone_stages=1"], "key 'model.backbone_stages' must be 2, 3 or 4"),
     (["query_frequency=abc"], "key 'query_frequency' expects int or null, got str 'abc'"),
     (["image_size=abc"], "key 'image_size' expects int or null, got str 'abc'"),
     (["image_crop=abc"], "key 'image_crop' expects a list of int or null, got str 'abc'"),

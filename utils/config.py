@@ -185,7 +185,7 @@ VALUE_RULES = [
      "an integer >= 1 (square images) or, for ALOHA, [height, width] with integers >= 32"),
     ("data.image_size", lambda v: len(v) == 2 and min(v) >= 32,
      "[height, width] with integers >= 32 (ResNet18 shrinks images 32x) or null"),
-    ("model.backbone_stages", lambda v: v in (3, 4), "3 or 4 (ResNet18 up to layer3 or layer4)"),
+    ("model.backbone_stages", lambda v: v in (2, 3, 4), "2, 3 or 4 (ResNet18 up to layer2, layer3 or layer4)"),
 ]
 
 

@@ -17,20 +17,30 @@ def demo_worker_pool(workers: int):
     """A ProcessPoolExecutor of `workers` spawned processes (spawn, not fork: the parent may hold torch's thread
     pools or a GL context, which a forked child can deadlock on)."""
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    # The workers start with SIGINT blocked, and a signal mask survives exec: from its first instruction on, a worker
-    # never receives Ctrl-C, not even while it still imports the entry script (a pool initializer runs after that
-    # import, too late). All of them start here, inside the block, rather than one per submit; a Ctrl-C pressed in
-    # this moment stays pending and reaches the main process when the mask is put back.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        pool._launch_processes()  # Python 3.11+ starts spawn workers lazily; this starts them all now
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    try:
+        _start_workers_deaf_to_ctrl_c(pool)
         yield pool
     except BaseException:
-        for process in list(pool._processes.values()):  # Python < 3.14 has no public terminate_workers()
+        # active_children(): the pool's workers, a worker stopped while starting included; non-daemon processes,
+        # so one left running would hold the interpreter's exit.
+        for process in multiprocessing.active_children():
             process.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
+
+
+def _start_workers_deaf_to_ctrl_c(pool: ProcessPoolExecutor):
+    """Start every worker now with SIGINT blocked. A signal mask survives exec, so from its first instruction a
+    worker never receives Ctrl-C, not even while it still imports the entry script (a pool initializer would run
+    after that import, too late). A Ctrl-C pressed meanwhile is held back and delivered once all workers are up."""
+    held = []
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool._launch_processes()  # Python 3.11+ starts spawn workers one per submit; this starts them all here
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, handler)
+    if held:
+        signal.raise_signal(signal.SIGINT)  # now to the real handler: KeyboardInterrupt, the workers terminated

@@ -24,8 +24,9 @@ class ModelConfig:
     pretrained_backbone: bool = True  # ImageNet ResNet18 (torch hub cache or download; loud warning + random init
     #                                   if neither)
     pretrained_weights_path: str | None = None
-    backbone_stages: int = 4  # ResNet18 stages kept: 4 = the paper (H/32 grid, 512 channels); 3 = H/16 grid, 256; 2 = H/8, 128
-    #                           channels, fewer FLOPs: a grid fine enough to place small objects in small images
+    backbone_stages: int = 4  # ResNet18 stages kept: 4 = the paper (H/32 grid, 512 channels); 3 = H/16 grid, 256
+    #                           channels, fewer FLOPs: a grid fine enough to place small objects in small images;
+    #                           2 = H/8 grid, 128 channels
     random_shift: int = 0  # training images shifted by up to this many pixels (DrQ-style augmentation); 0 = off
     cpu_fast_paths: bool = True  # models/fast_cpu.py (same results, faster) unless a debugger is attached; false:
     #                              always models/act.py alone. The [model] log line says which runs

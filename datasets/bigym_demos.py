@@ -13,7 +13,8 @@ Pipeline for one task:
      taken FROM it (BiGym's own DemoConverter.create_demo_in_new_env stores the observation AFTER each action
      and cannot apply our renderer settings, so step 4 is done here with the same functions evaluation uses).
   5. Optionally cached as one .npz per demo under `episode_cache_dir`, keyed by every setting that changes
-     the result, so re-rendering happens once.
+     the result, so re-rendering happens once; with a cache, steps 3-5 run in one worker process per core
+     (`demo_workers`), as rendering two cameras costs up to a minute per demo.
 
 Output: a list of {"state": (T, S) float32, "actions": (T, A) float32, "images": (T, N, 3, H, W) uint8 (when
 cameras are set)}, the format datasets.chunk_dataset.ChunkDataset takes.
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 from datasets.bigym_solvers import SCRIPTED_TASKS, ScriptedMotion, scripted_task
 from datasets.frame_store import report_frames_in_ram
+from datasets.worker_pool import demo_worker_pool
 from env.bigym_env import (DEFAULT_FLOATING_DOFS, DEMO_FREQUENCY, absolute_base_action, apply_start, base_deltas,
                            bigym_camera_images, bigym_state_vector, check_base_action, check_state_contents,
                            make_bigym_env, policy_state, read_observation, reset_perturbed, resolve_task, solved)
@@ -311,6 +313,38 @@ def _episode_cache_file(episode_cache_dir, task: str, uuid: str, cameras, image_
     return Path(episode_cache_dir) / task / f"{action_mode}_{control_frequency}hz_{view}" / f"{uuid}.npz"
 
 
+def _replay_raw_demo(env, path: Path, cfg) -> tuple[dict, bool]:
+    """Steps 3-4 for one raw demo file: its actions converted to the run's action type and rate, re-simulated."""
+    from demonstrations.demo import Demo
+
+    demo = Demo.from_safetensors(path)
+    # The plan labels absolute arm targets; delta-mode demos (noise-free, see above) learn BiGym's conversion.
+    task = resolve_task(cfg.env_id).__name__
+    plan = _load_plan(path, task, cfg.demo_noise) if cfg.demo_source == "scripted" else None
+    planned = None
+    if plan is not None and cfg.action_type == "absolute":
+        planned = planned_labels(plan, cfg.control_frequency, len(env.robot.floating_base.all_actuators))
+    actions = _convert_actions(demo, cfg.action_type, cfg.control_frequency, env.robot)
+    return replay_demo(env, actions, cfg.cameras, cfg.joint_velocities, cfg.base_action, planned)
+
+
+def _write_episode(cache_file: Path, episode: dict, success: bool):
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp.npz")
+    np.savez(tmp, success=success, **episode)
+    os.replace(tmp, cache_file)  # appears only once complete
+
+
+def _replay_to_cache_file(path: Path, cache_file: Path, cfg):
+    """A demo worker's job: one raw demo re-simulated in an environment of its own and written to its cache file."""
+    env = make_bigym_env(resolve_task(cfg.env_id).__name__, cfg.cameras, cfg.image_size, cfg.action_type,
+                         cfg.control_frequency, cfg.fast_rendering, cfg.floating_dofs)
+    try:
+        _write_episode(cache_file, *_replay_raw_demo(env, path, cfg))
+    finally:
+        env.close()
+
+
 def load_bigym_demos(cfg, repo_root: Path) -> list[dict]:
     """The demos a BiGym run's config names (utils/schema.py's BiGymRun) as episodes (see the module docstring).
 
@@ -353,36 +387,33 @@ def load_bigym_demos(cfg, repo_root: Path) -> list[dict]:
     store = _open_store(cache_root, download=cfg.demo_source == "human")
     paths = _raw_demo_paths(store, cache_root, task_cls, cfg.num_demos, cfg.floating_dofs)
 
+    cache_files = [None] * len(paths)
+    if episode_cache_dir is not None:
+        cache_files = [_episode_cache_file(episode_cache_dir, task, Demo.from_safetensors(path).uuid, cfg.cameras,
+                                           cfg.image_size, cfg.action_type, cfg.control_frequency, cfg.fast_rendering,
+                                           cfg.joint_velocities, cfg.base_action) for path in paths]
+        jobs = [(path, cache_file) for path, cache_file in zip(paths, cache_files) if not cache_file.exists()]
+        workers = min(cfg.demo_workers or os.cpu_count() or 1, len(jobs))
+        if workers > 1:  # re-rendering costs up to a minute per demo with cameras: one worker per core
+            with demo_worker_pool(workers) as pool:
+                converted = pool.map(_replay_to_cache_file, *zip(*jobs), [cfg] * len(jobs))
+                list(tqdm(converted, total=len(jobs), desc=f"BiGym {task} demos -> episodes ({workers} workers)"))
+
     episodes, env, successes = [], None, 0
-    for path in tqdm(paths, desc=f"BiGym {task} demos -> episodes"):
-        demo = Demo.from_safetensors(path)
-        # The plan labels absolute arm targets; delta-mode demos (noise-free, see above) learn BiGym's conversion.
-        plan = _load_plan(path, task, cfg.demo_noise) if cfg.demo_source == "scripted" else None
-        cache_file = None
-        if episode_cache_dir is not None:
-            cache_file = _episode_cache_file(episode_cache_dir, task, demo.uuid, cfg.cameras, cfg.image_size,
-                                             cfg.action_type, cfg.control_frequency, cfg.fast_rendering,
-                                             cfg.joint_velocities, cfg.base_action)
-            if cache_file.exists():
-                with np.load(cache_file) as data:
-                    episodes.append({key: data[key] for key in data.files if key != "success"})
-                    successes += int(data["success"])
-                continue
+    for path, cache_file in zip(tqdm(paths, desc=f"BiGym {task} demos -> episodes"), cache_files):
+        if cache_file is not None and cache_file.exists():
+            with np.load(cache_file) as data:
+                episodes.append({key: data[key] for key in data.files if key != "success"})
+                successes += int(data["success"])
+            continue
         if env is None:
             env = make_bigym_env(task, cfg.cameras, cfg.image_size, cfg.action_type, cfg.control_frequency,
                                  cfg.fast_rendering, cfg.floating_dofs)
-        planned = None
-        if plan is not None and cfg.action_type == "absolute":
-            planned = planned_labels(plan, cfg.control_frequency, len(env.robot.floating_base.all_actuators))
-        actions = _convert_actions(demo, cfg.action_type, cfg.control_frequency, env.robot)
-        episode, success = replay_demo(env, actions, cfg.cameras, cfg.joint_velocities, cfg.base_action, planned)
+        episode, success = _replay_raw_demo(env, path, cfg)
         episodes.append(episode)
         successes += int(success)
         if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp.npz")
-            np.savez(tmp, success=success, **episode)
-            os.replace(tmp, cache_file)  # appears only once complete
+            _write_episode(cache_file, episode, success)
     if env is not None:
         env.close()
     for episode in episodes:

@@ -148,6 +148,7 @@ class BiGymRun(SimulatorRun):
     demo_cache_root: str | None = None  # DemoStore root. null: ~/.bigym (human) or demos/bigym_scripted (scripted)
     demo_noise: float = 0.0  # scripted demos: DART noise (rad on the arm joints) the robot is driven with
     episode_cache_dir: str | None = "demos/bigym"  # re-rendered episodes, per camera/size/frequency/rendering
+    demo_workers: int = 0  # processes re-rendering demos into episode_cache_dir side by side; 0: one per CPU core
 
 
 @dataclass

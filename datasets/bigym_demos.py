@@ -318,8 +318,8 @@ def _replay_raw_demo(env, path: Path, cfg) -> tuple[dict, bool]:
     from demonstrations.demo import Demo
 
     demo = Demo.from_safetensors(path)
-    # The plan labels absolute arm targets; delta-mode demos (noise-free, see above) learn BiGym's conversion.
     task = resolve_task(cfg.env_id).__name__
+    # The plan labels absolute arm targets; delta-mode demos (noise-free, see above) learn BiGym's conversion.
     plan = _load_plan(path, task, cfg.demo_noise) if cfg.demo_source == "scripted" else None
     planned = None
     if plan is not None and cfg.action_type == "absolute":

@@ -89,6 +89,8 @@ class SimulatorRun(RunConfig):
     env_id: str = ""
     max_episode_steps: int = 100  # control steps per evaluation episode
     num_demos: int = 100  # -1: every demo there is
+    demo_workers: int = 0  # processes making demos side by side (ManiSkill plans and replays, ALOHA renders, BiGym
+    #   re-renders into episode_cache_dir); 0: one per CPU core, 1: all in this process
     video_dir: str = "videos"
     eval_frequency: int = 5000
     num_eval_episodes: int = 50  # 0: no simulator evaluation (best.pt then follows the validation L1)
@@ -118,7 +120,6 @@ class ManiSkillRun(SimulatorRun):
     # demonstrations, generated with ManiSkill's motion planner when the file is missing
     demo_dir: str = "demos"
     demo_path: str | None = None  # null: <demo_dir>/<env_id>/<num_demos>demos.<obs_mode>.<control_mode>.h5
-    demo_workers: int = 0  # processes making demos side by side; 0: one per CPU core, 1: all in this process
 
 
 @dataclass
@@ -148,7 +149,6 @@ class BiGymRun(SimulatorRun):
     demo_cache_root: str | None = None  # DemoStore root. null: ~/.bigym (human) or demos/bigym_scripted (scripted)
     demo_noise: float = 0.0  # scripted demos: DART noise (rad on the arm joints) the robot is driven with
     episode_cache_dir: str | None = "demos/bigym"  # re-rendered episodes, per camera/size/frequency/rendering
-    demo_workers: int = 0  # processes re-rendering demos into episode_cache_dir side by side; 0: one per CPU core
 
 
 @dataclass
@@ -168,7 +168,6 @@ class AlohaRun(SimulatorRun):
     demo_dir: str = "demos/aloha"  # demos in <demo_dir>/<env_id>/episode_<i>.hdf5, made when fewer than num_demos
     frames: Literal["auto", "ram", "disk"] = "auto"  # where the demos' frames live while training, as the dataset
     #   runs' data.frames: 50 demos at 480x640 take 18.4 GB in RAM, so auto reads them per batch on a smaller machine
-    demo_workers: int = 0  # processes rendering demos side by side; 0: one per CPU core
 
 
 @dataclass

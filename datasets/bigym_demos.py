@@ -24,7 +24,7 @@ Two demo sources, one loading path (steps 1-5 are the same for both):
     and pass cache_root=<dir>.
   - scripted (`make_scripted_demos`): our solvers (datasets/bigym_solvers.py) drive the robot from perturbed
     starts while BiGym's DemoRecorder records, 500 Hz absolute joint positions with the floating base like the
-    human demos; only demos BiGym's success check calls solved are kept, in a DemoStore cache of their own per
+    human demos, in one worker process per core (`demo_workers`); only demos BiGym's success check calls solved are kept, in a DemoStore cache of their own per
     solver version and DART noise level (scripted_store_root, under demos/bigym_scripted by default). Each stores
     its start in `reset_positions`, which step 4 re-applies, and the solver's plan (datasets/bigym_planned_demo.py):
     step 4 replays the executed actions and labels each step with the plan's targets, so with DART noise the
@@ -32,6 +32,8 @@ Two demo sources, one loading path (steps 1-5 are the same for both):
 Demos recorded by other means with DemoRecorder are added to a cache with `import_recorded_demos`.
 """
 
+import collections
+import functools
 import os
 import time
 import warnings
@@ -176,16 +178,65 @@ def _recorded_seeds(store, task_cls, floating_dofs) -> list[int]:
     return [Metadata.from_safetensors(p).seed for p in paths]
 
 
+def _solver_env(task: str, floating_dofs):
+    """The environment scripted demos are made in: 500 Hz absolute joint positions, no cameras."""
+    return make_bigym_env(task, cameras=[], image_size=1, action_mode="absolute", control_frequency=DEMO_FREQUENCY,
+                          fast_rendering=False, floating_dofs=floating_dofs)
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_solver_env(task: str, floating_dofs: tuple):
+    """A worker process's solver environment and recorder: made at its first attempt, kept for the next ones
+    (making one costs seconds, an attempt 5-10 s)."""
+    from demonstrations.demo_recorder import DemoRecorder
+
+    return _solver_env(task, floating_dofs), DemoRecorder()
+
+
+def _attempt_in_worker(task: str, seed: int, noise: float, floating_dofs: tuple):
+    """One attempt in a worker process: the recorded PlannedDemo, or None if the task was not solved."""
+    env, recorder = _worker_solver_env(task, floating_dofs)
+    return record_scripted_demo(env, SCRIPTED_TASKS[task].solve, seed, recorder, noise)
+
+
+def _scripted_attempts(task: str, seeds: range, noise: float, floating_dofs, workers: int):
+    """(seed, PlannedDemo or None) for each seed, in seed order. workers > 1: the attempts run in that many worker
+    processes, 2 per worker queued ahead, so that a slow attempt does not leave the others idle; when the caller
+    stops early (the generator is closed) the attempts still queued or running are dropped with their workers.
+    Otherwise they run here, one after the other in one environment."""
+    if workers <= 1:
+        from demonstrations.demo_recorder import DemoRecorder
+
+        env, recorder = _solver_env(task, floating_dofs), DemoRecorder()
+        try:
+            for seed in seeds:
+                yield seed, record_scripted_demo(env, SCRIPTED_TASKS[task].solve, seed, recorder, noise)
+        finally:
+            env.close()
+        return
+    with demo_worker_pool(workers) as pool:
+        queued = collections.deque()
+        for seed in seeds:
+            queued.append((seed, pool.submit(_attempt_in_worker, task, seed, noise, tuple(floating_dofs))))
+            if len(queued) == 2 * workers:
+                seed, attempt = queued.popleft()
+                yield seed, attempt.result()
+        while queued:
+            seed, attempt = queued.popleft()
+            yield seed, attempt.result()
+
+
 def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int = 0,
-                        max_attempts: int | None = None, floating_dofs=DEFAULT_FLOATING_DOFS, noise: float = 0.0) -> dict:
+                        max_attempts: int | None = None, floating_dofs=DEFAULT_FLOATING_DOFS, noise: float = 0.0,
+                        workers: int = 1) -> dict:
     """Make scripted demos of `task` with DART noise `noise` until their DemoStore (scripted_store_root under
     cache_root) holds num_demos of them (resumes after a kill).
 
     Attempt i uses seed first_seed + i (BiGym's scene seed and the start perturbation's); evaluation seeds
-    (eval_seed, 1,000,000 and up by default) never meet them. Each solved demo is written to the DemoStore
-    cache as soon as it is recorded. Returns {"solved", "attempted", "seconds", "total"}.
+    (eval_seed, 1,000,000 and up by default) never meet them. Attempts run in `workers` processes but are kept in
+    seed order, so any number of workers keeps the same seeds' demos. Each solved demo is written to the DemoStore
+    cache as soon as it and every attempt before it are done. Returns {"solved", "attempted", "seconds", "total"}.
     """
-    from demonstrations.demo_recorder import DemoRecorder
     from demonstrations.demo_store import DemoStore
 
     task = scripted_task(task)
@@ -198,26 +249,25 @@ def make_scripted_demos(task: str, num_demos: int, cache_root, first_seed: int =
     summary = {"solved": 0, "attempted": 0, "seconds": 0.0, "total": len(done)}
     if len(done) >= num_demos:
         return summary
-    env = make_bigym_env(task, cameras=[], image_size=1, action_mode="absolute", control_frequency=DEMO_FREQUENCY,
-                         fast_rendering=False, floating_dofs=floating_dofs)
-    recorder = DemoRecorder()
     started = time.time()
-    bar = tqdm(total=num_demos, initial=len(done), desc=f"scripted {task} demos (noise {noise:g})", dynamic_ncols=True)
-    while summary["total"] < num_demos and summary["attempted"] < max_attempts:
-        demo = record_scripted_demo(env, SCRIPTED_TASKS[task].solve, seed, recorder, noise)
+    bar = tqdm(total=num_demos, initial=len(done), desc=f"scripted {task} demos (noise {noise:g}, {workers} worker(s))",
+               dynamic_ncols=True)
+    attempts = _scripted_attempts(task, range(seed, seed + max_attempts), noise, floating_dofs, workers)
+    for _, demo in attempts:
         summary["attempted"] += 1
-        seed += 1
         if demo is not None:
             store.cache_demo(demo)
             summary["solved"] += 1
             summary["total"] += 1
             bar.update(1)
         bar.set_postfix(solved=f"{summary['solved']}/{summary['attempted']}")
+        if summary["total"] == num_demos:
+            break
+    attempts.close()
     bar.close()
-    env.close()
     summary["seconds"] = time.time() - started
     print(f"[scripted demos] {task} (noise {noise:g}): {summary['solved']} solved of {summary['attempted']} attempted "
-          f"in {summary['seconds']:.0f}s; {summary['total']} in {demo_cache_path(store_root)}")
+          f"in {summary['seconds']:.0f}s with {workers} worker(s); {summary['total']} in {demo_cache_path(store_root)}")
     if summary["total"] < num_demos:
         raise RuntimeError(f"only {summary['total']} of {num_demos} scripted {task} demos after {max_attempts} "
                            f"attempts: the solver fails too often (see the summary above)")
@@ -376,7 +426,8 @@ def load_bigym_demos(cfg, repo_root: Path) -> list[dict]:
         if cfg.demo_noise > 0 and cfg.action_type != "absolute":
             raise UserInputError(f"demo_noise={cfg.demo_noise} needs action_type=absolute: the labels are the "
                                  f"solver's planned joint targets, got action_type={cfg.action_type}")
-        make_scripted_demos(task, cfg.num_demos, cache_root, floating_dofs=cfg.floating_dofs, noise=cfg.demo_noise)
+        make_scripted_demos(task, cfg.num_demos, cache_root, floating_dofs=cfg.floating_dofs, noise=cfg.demo_noise,
+                            workers=cfg.demo_workers or os.cpu_count() or 1)
         cache_root = scripted_store_root(cache_root, task, cfg.demo_noise)
     elif cfg.demo_source == "human":
         if cfg.demo_noise:

@@ -9,10 +9,12 @@ moves the robot from the simulator's state while BiGym's DemoRecorder records (5
 positions, floating base), and only demos BiGym's success check calls solved are kept. With --noise the robot
 is driven off the plan by DART noise while the plan is kept as the label. They land in a DemoStore cache per solver
 version and noise level (under demos/bigym_scripted), where `ACT_for_bigym.py demo_source=scripted` reads them;
-the training script also makes them itself when fewer than num_demos exist. A killed run resumes.
+the training script also makes them itself when fewer than num_demos exist. A killed run resumes. Attempts run in
+one worker process per core (--workers), kept in seed order: any number of workers keeps the same seeds' demos.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +36,7 @@ def main():
                         help="floating-base joints in the action (default: the task's recipe, as training uses)")
     parser.add_argument("--noise", type=float,
                         help="DART noise, rad on the arm joints (default: the task's recipe demo_noise, as training uses)")
+    parser.add_argument("--workers", type=int, default=0, help="processes attempting demos side by side (0: one per core)")
     args = parser.parse_args()
     recipe = SCRIPTED_TASKS[args.env_id].recipe
     floating_dofs = args.floating_dofs or recipe["floating_dofs"]
@@ -41,7 +44,7 @@ def main():
     if noise < 0:
         parser.error(f"--noise must be >= 0, got {noise}")
     make_scripted_demos(args.env_id, args.num_demos, repo_path(args.cache_root), first_seed=args.seed,
-                        floating_dofs=floating_dofs, noise=noise)
+                        floating_dofs=floating_dofs, noise=noise, workers=args.workers or os.cpu_count() or 1)
 
 
 if __name__ == "__main__":

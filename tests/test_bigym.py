@@ -286,6 +286,30 @@ def test_scripted_demos_resume(tmp_path):
         make_scripted_demos("move_plate", 1, tmp_path)
 
 
+def test_demos_solved_by_workers_equal_those_solved_in_process(tmp_path):
+    """Attempts spread over worker processes are taken in seed order: the same seeds give the demos, with the same
+    executed actions and plans as one process makes (to 1e-9: a worker's environment has simulated other seeds
+    before), and no attempt is counted or kept past the last demo needed."""
+    from demonstrations.utils import Metadata
+    from safetensors.numpy import load_file
+
+    demos, summaries = [], []
+    for workers in (2, 1):
+        root = tmp_path / f"workers_{workers}"
+        summaries.append(make_scripted_demos(TASK, 3, root, noise=0.05, workers=workers))
+        paths = list(scripted_store_root(root, TASK, 0.05).rglob("*.safetensors"))
+        demos.append({Metadata.from_safetensors(path).seed: load_file(path) for path in paths})
+    (by_workers, in_process), (summary_workers, summary_in_process) = demos, summaries
+    assert sorted(by_workers) == sorted(in_process) == [0, 1, 2]
+    assert {key: summary_workers[key] for key in ("solved", "attempted", "total")} == {
+        key: summary_in_process[key] for key in ("solved", "attempted", "total")} == {
+        "solved": 3, "attempted": 3, "total": 3}
+    for seed, tensors in in_process.items():
+        assert by_workers[seed].keys() == tensors.keys()
+        for key, expected in tensors.items():
+            np.testing.assert_allclose(by_workers[seed][key], expected, rtol=0, atol=1e-9, err_msg=f"seed {seed} {key}")
+
+
 # --------------------------------------------------------------------------------------------------
 # Task names and errors
 # --------------------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ class SimulatorRun(RunConfig):
     max_episode_steps: int = 100  # control steps per evaluation episode
     num_demos: int = 100  # -1: every demo there is
     demo_workers: int = 0  # processes making demos side by side (ManiSkill plans and replays, ALOHA renders, BiGym
-    #   re-renders into episode_cache_dir); 0: one per CPU core, 1: all in this process
+    #   solves and re-renders into episode_cache_dir); 0: one per CPU core, 1: all in this process
     video_dir: str = "videos"
     eval_frequency: int = 5000
     num_eval_episodes: int = 50  # 0: no simulator evaluation (best.pt then follows the validation L1)

@@ -18,6 +18,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from datasets.chunk_dataset import ChunkDataset, iterate_in_order
 from env.errors import UserInputError
@@ -93,7 +94,11 @@ def evaluate_controller(deployed, env, num_episodes: int, seed: int, video_dir=N
     """
     episodes, videos = [], []
     num_rounds = -(-num_episodes // env.num_envs)
-    for round_index in range(rank, num_rounds, world_size):
+    my_rounds = range(rank, num_rounds, world_size)
+    # A BiGym or ALOHA evaluation runs for tens of minutes: show its steps and the successes so far (rank 0 only).
+    bar = tqdm(total=len(my_rounds) * env.max_episode_steps, desc=f"eval {num_episodes} episodes", unit="step",
+               disable=rank != 0, mininterval=10)
+    for round_index in my_rounds:
         round_seed = seed + round_index * env.num_envs
         obs = env.reset(seed=round_seed)
         deployed.reset()
@@ -112,6 +117,7 @@ def evaluate_controller(deployed, env, num_episodes: int, seed: int, video_dir=N
             ever_success |= success
             if record and step < env.max_episode_steps - 1:  # after the last step a vector env shows the next reset
                 frames.append(env.render(num_record))
+            bar.update()
         for env_index in range(env.num_envs):
             episode = round_index * env.num_envs + env_index
             if episode < num_episodes:  # the last round may run spare environments; they are not counted
@@ -132,6 +138,8 @@ def evaluate_controller(deployed, env, num_episodes: int, seed: int, video_dir=N
                 path.parent.mkdir(parents=True, exist_ok=True)
                 imageio.mimsave(path, list(frames[env_index]), fps=fps, macro_block_size=1)
                 videos.append(str(path))
+        bar.set_postfix(success_once=f"{sum(e['success_once'] for e in episodes)}/{len(episodes)}")
+    bar.close()
     return {"episodes": episodes, "videos": videos}
 
 

@@ -410,6 +410,7 @@ def load_bigym_demos(cfg, repo_root: Path) -> list[dict]:
         labelled with the solver's plan (with action_type=absolute).
     elapsed_time, proprioception: what the policy's state holds, as the environment builds it (policy_state);
         applied after the episode cache, so cached episodes serve every setting.
+    drop_unsolved_demos: keep only the episodes that end in success after re-simulation (the cache records it).
     """
     from demonstrations.demo import Demo
 
@@ -450,35 +451,42 @@ def load_bigym_demos(cfg, repo_root: Path) -> list[dict]:
                 converted = pool.map(_replay_to_cache_file, *zip(*jobs), [cfg] * len(jobs))
                 list(tqdm(converted, total=len(jobs), desc=f"BiGym {task} demos -> episodes ({workers} workers)"))
 
-    episodes, env, successes = [], None, 0
+    episodes, solved_flags, env = [], [], None
     for path, cache_file in zip(tqdm(paths, desc=f"BiGym {task} demos -> episodes"), cache_files):
         if cache_file is not None and cache_file.exists():
             with np.load(cache_file) as data:
                 episodes.append({key: data[key] for key in data.files if key != "success"})
-                successes += int(data["success"])
+                solved_flags.append(bool(data["success"]))
             continue
         if env is None:
             env = make_bigym_env(task, cfg.cameras, cfg.image_size, cfg.action_type, cfg.control_frequency,
                                  cfg.fast_rendering, cfg.floating_dofs)
         episode, success = _replay_raw_demo(env, path, cfg)
         episodes.append(episode)
-        successes += int(success)
+        solved_flags.append(success)
         if cache_file is not None:
             _write_episode(cache_file, episode, success)
     if env is not None:
         env.close()
+    successes = sum(solved_flags)
     for episode in episodes:
         episode["state"] = policy_state(episode["state"], np.arange(len(episode["state"])), cfg.max_episode_steps,
                                         cfg.proprioception, cfg.elapsed_time)
     # Decimated human demos replayed at a lower rate do not always reproduce success; report it.
     print(f"[bigym demos] {task} ({cfg.demo_source} demos): {len(episodes)} episodes, {successes} end in success "
           f"after re-simulation at {cfg.control_frequency} Hz")
-    if successes < 0.9 * len(episodes) and cfg.control_frequency < DEMO_FREQUENCY:
+    if cfg.drop_unsolved_demos:
+        if successes == 0:
+            raise UserInputError(f"drop_unsolved_demos=true, but none of the {len(episodes)} {task} demos solves the "
+                                 f"task after re-simulation at {cfg.control_frequency} Hz: nothing to train on")
+        print(f"[bigym demos] drop_unsolved_demos=true: training on the {successes} that end in success")
+        episodes = [episode for episode, solved in zip(episodes, solved_flags) if solved]
+    elif successes < 0.9 * len(episodes) and cfg.control_frequency < DEMO_FREQUENCY:
         higher = next(rate for rate in range(cfg.control_frequency + 1, DEMO_FREQUENCY + 1)
                       if DEMO_FREQUENCY % rate == 0)
         print(f"[bigym demos] WARNING: at {cfg.control_frequency} Hz the decimated actions of "
               f"{len(episodes) - successes} demos no longer solve {task}; the policy imitates them as they are. "
               f"A higher control_frequency "
-              f"(e.g. {higher}) keeps more of the recorded motion.")
+              f"(e.g. {higher}) keeps more of the recorded motion; drop_unsolved_demos=true trains on the others only.")
     report_frames_in_ram(episodes, "BiGym")
     return episodes

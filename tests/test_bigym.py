@@ -368,6 +368,36 @@ def test_episodes_format(demo_setup):
             np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_unsolved_demos_are_dropped_only_when_asked(demo_setup, tmp_path):
+    """The episode cache records whether each re-simulated demo solved the task; mark demo 0's as a failure (what a
+    demo decimated to too low a control frequency gets) and drop_unsolved_demos trains on demo 1 alone."""
+    import shutil
+
+    root, cfg, episodes = demo_setup
+    cache_dir = tmp_path / "episodes"
+    shutil.copytree(root / "episodes", cache_dir)
+    first = next(path for path in cache_dir.rglob("*.npz")  # demo 0's episode as this config caches it
+                 if np.array_equal(np.load(path)["actions"], episodes[0]["actions"]) and "images" in np.load(path))
+    cache_files = sorted(first.parent.glob("*.npz"))
+    assert len(cache_files) == NUM_DEMOS
+    with np.load(first) as data:
+        assert bool(data["success"])
+        np.savez(first, **{**{key: data[key] for key in data.files}, "success": False})
+    cfg = replace(cfg, episode_cache_dir=str(cache_dir))
+
+    kept = load_bigym_demos(cfg, REPO_ROOT)
+    assert len(kept) == NUM_DEMOS  # by default every demo is imitated as it is
+    solved_only = load_bigym_demos(replace(cfg, drop_unsolved_demos=True), REPO_ROOT)
+    assert len(solved_only) == 1
+    np.testing.assert_array_equal(solved_only[0]["actions"], episodes[1]["actions"])
+
+    for path in cache_files:
+        with np.load(path) as data:
+            np.savez(path, **{**{key: data[key] for key in data.files}, "success": False})
+    with pytest.raises(UserInputError, match="none of the 2"):
+        load_bigym_demos(replace(cfg, drop_unsolved_demos=True), REPO_ROOT)
+
+
 def test_delta_actions_state_only(demo_setup):
     """Delta mode: arm deltas accumulate to the absolute targets; no cameras -> no "images" key."""
     _, cfg, absolute = demo_setup

@@ -149,6 +149,8 @@ class BiGymRun(SimulatorRun):
     demo_cache_root: str | None = None  # DemoStore root. null: ~/.bigym (human) or demos/bigym_scripted (scripted)
     demo_noise: float = 0.0  # scripted demos: DART noise (rad on the arm joints) the robot is driven with
     episode_cache_dir: str | None = "demos/bigym"  # re-rendered episodes, per camera/size/frequency/rendering
+    drop_unsolved_demos: bool = False  # train only on demos that still solve the task after re-simulation at
+    #   control_frequency (decimating 500 Hz demos can turn a recorded success into a failure)
 
 
 @dataclass

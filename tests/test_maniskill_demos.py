@@ -129,13 +129,17 @@ def test_state_budget_comes_from_the_task_recipe_only_for_state_observations():
         assert load_config(DEFAULT, None, [f"env_id={task}"], task_defaults=task_recipe).total_iters == 30000  # rgb
 
 
-def test_stack_cube_trains_on_more_demos_from_state_only():
+def test_the_number_of_demos_comes_from_the_recipe_of_the_observation_mode():
     state, rgb_cpu = "configs/ACT_maniskill_state_config.yaml", "configs/ACT_maniskill_rgb_cpu_config.yaml"
     assert load_config(DEFAULT, state, ["env_id=StackCube-v1"], task_defaults=task_recipe).num_demos == 200
     assert load_config(DEFAULT, state, ["env_id=StackCube-v1", "num_demos=50"],
                        task_defaults=task_recipe).num_demos == 50  # the command line wins
     assert load_config(DEFAULT, state, ["env_id=PickCube-v1"], task_defaults=task_recipe).num_demos == 100
     assert load_config(DEFAULT, rgb_cpu, ["env_id=StackCube-v1"], task_defaults=task_recipe).num_demos == 100
+    assert load_config(DEFAULT, state, ["env_id=PushCube-v1"], task_defaults=task_recipe).num_demos == 100
+    assert load_config(DEFAULT, rgb_cpu, ["env_id=PushCube-v1"], task_defaults=task_recipe).num_demos == 200
+    assert load_config(DEFAULT, rgb_cpu, ["env_id=PushCube-v1", "num_demos=100"],
+                       task_defaults=task_recipe).num_demos == 100
 
 
 def test_push_cube_plays_its_chunks_open_loop_from_state_and_from_the_camera():

@@ -124,7 +124,8 @@ def test_scripted_recipe_applies_to_scripted_demos_unless_the_user_set_the_key(c
         assert f"{task} scripted-demo recipe" in log and "wins" not in log
     cfg = load_config(paper, cpu, ["env_id=DishwasherClose"], task_defaults=scripted_recipe)
     assert (cfg.cameras, cfg.proprioception, cfg.elapsed_time, cfg.model.chunk_size, cfg.temporal_ensemble,
-            cfg.query_frequency, cfg.base_action, cfg.demo_noise) == ([], False, True, 50, False, 50, "absolute", 0.03)
+            cfg.query_frequency, cfg.base_action, cfg.demo_noise, cfg.drop_unsolved_demos) == (
+        ["head", "left_wrist"], False, True, 50, False, 50, "absolute", 0.03, True)
     assert "proprioception=False" in capsys.readouterr().out  # the log names the values applied
     cfg = load_config(paper, cpu, ["env_id=reach_target"], task_defaults=scripted_recipe)
     assert (cfg.floating_dofs, cfg.control_frequency, cfg.max_episode_steps) == (

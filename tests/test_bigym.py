@@ -124,8 +124,8 @@ def test_scripted_recipe_applies_to_scripted_demos_unless_the_user_set_the_key(c
         assert f"{task} scripted-demo recipe" in log and "wins" not in log
     cfg = load_config(paper, cpu, ["env_id=DishwasherClose"], task_defaults=scripted_recipe)
     assert (cfg.cameras, cfg.proprioception, cfg.elapsed_time, cfg.model.chunk_size, cfg.temporal_ensemble,
-            cfg.query_frequency, cfg.base_action, cfg.demo_noise, cfg.drop_unsolved_demos) == (
-        ["head", "left_wrist"], False, True, 50, False, 50, "absolute", 0.03, True)
+            cfg.base_action, cfg.demo_noise, cfg.drop_unsolved_demos) == (
+        ["head", "left_wrist"], False, True, 50, True, "absolute", 0.03, True)
     assert "proprioception=False" in capsys.readouterr().out  # the log names the values applied
     cfg = load_config(paper, cpu, ["env_id=reach_target"], task_defaults=scripted_recipe)
     assert (cfg.floating_dofs, cfg.control_frequency, cfg.max_episode_steps) == (
@@ -377,8 +377,12 @@ def test_unsolved_demos_are_dropped_only_when_asked(demo_setup, tmp_path):
     root, cfg, episodes = demo_setup
     cache_dir = tmp_path / "episodes"
     shutil.copytree(root / "episodes", cache_dir)
-    first = next(path for path in cache_dir.rglob("*.npz")  # demo 0's episode as this config caches it
-                 if np.array_equal(np.load(path)["actions"], episodes[0]["actions"]) and "images" in np.load(path))
+
+    def caches_demo_0(path):  # demo 0's episode as this config caches it (with its images)
+        with np.load(path) as data:
+            return "images" in data and np.array_equal(data["actions"], episodes[0]["actions"])
+
+    first = next(path for path in cache_dir.rglob("*.npz") if caches_demo_0(path))
     cache_files = sorted(first.parent.glob("*.npz"))
     assert len(cache_files) == NUM_DEMOS
     with np.load(first) as data:

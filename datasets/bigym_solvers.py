@@ -485,10 +485,10 @@ SCRIPTED_TASKS = {  # BiGym task class name -> ScriptedTask
         "floating_dofs": ["pelvis_x", "pelvis_y", "pelvis_rz"], "control_frequency": 25, "max_episode_steps": 200,
         "cameras": ["head"], "joint_velocities": True, "base_action": "delta", "model.chunk_size": 16,
         "temporal_ensemble": True, "demo_noise": 0.0, "total_iters": 4000}),
-    # Crouches (pelvis_z). Decimated to 25 Hz, 62 of 100 demos no longer close everything; at 50 Hz 85 do, and only
+    # Crouches (pelvis_z). Decimated to 25 Hz, 62 of 100 demos no longer close everything; at 50 Hz 82-85 do, and only
     # those are trained on (drop_unsolved_demos: 85% of 20 held-out starts against 70% imitating all 100). Demos about
     # 9 s; 10 s episodes. The policy sees the head and left wrist cameras (ResNet18 to layer3) and the elapsed time,
-    # which names the phase of the solver's one timetable (door, bottom tray, middle tray). Without the cameras the
+    # which names the phase of the solver's one timetable (middle tray, bottom tray, door). Without the cameras the
     # time alone replays that timetable blind (100% on these starts: an ablation, it would fail on demos whose timing
     # depends on what the robot sees, e.g. BiGym's human ones). With the proprioception it over-fits to the start
     # pose each demo carries through its joints and drifts in closed loop: 8% (benchmarks/HISTORY.md). Absolute base

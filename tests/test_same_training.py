@@ -5,9 +5,9 @@ tests/data/same_training_reference.json was measured at commit 18d30e4 (before t
 against that commit's API: load_config(maniskill default, state config, OVERRIDES), start_run, prepare_data(cfg,
 episodes(), "delta"), build_policy(cfg, shape_meta, stats), train(cfg, run, policy, data, make_env=None), one CPU
 thread; weight_norms are the L2 norms of last.pt's policy tensors. On one machine the two commits agree bit for bit;
-across CPUs they do not (AVX2 and AVX-512 matrix kernels round differently: 1e-7 relative in the second loss), hence
-the tolerances, each far below what a changed computation moves (a different seed, batch or step moves the losses by
-percents).
+across CPUs they do not (AVX2 and AVX-512 matrix kernels round differently: 1e-7 relative in the second loss, 3e-6
+absolute in the norm of a small bias whose norm is 0.03), hence the tolerances, each far below what a changed
+computation moves (a different seed, batch or step moves the losses and norms by percents).
 """
 
 import json
@@ -64,4 +64,5 @@ def test_state_config_trains_as_before_the_redesign(tmp_path, one_thread):
     state = torch.load(run.ckpt_dir / "last.pt", weights_only=True)["policy"]
     norms = {name: float(tensor.double().norm()) for name, tensor in state.items() if tensor.is_floating_point()}
     assert list(norms) == list(REFERENCE["weight_norms"])
-    np.testing.assert_allclose(list(norms.values()), list(REFERENCE["weight_norms"].values()), rtol=1e-4)
+    np.testing.assert_allclose(list(norms.values()), list(REFERENCE["weight_norms"].values()),
+                               rtol=1e-4, atol=1e-5)
